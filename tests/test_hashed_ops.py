@@ -1,0 +1,127 @@
+"""Hashed-table kernels against the independent reference in hashed_reference.py."""
+
+import numpy as np
+import pytest
+import torch
+
+import hashed_reference as ref
+from torchrec_ext import HashedEmbeddingBagConfig
+from torchrec_ext.ops import coord_uniform_, hashed_bag
+
+CASES = [
+    dict(mode="element", signed=False),
+    dict(mode="element", signed=True),
+    dict(mode="block", signed=False),
+    dict(mode="block", signed=True, chunk_size=4),
+]
+
+
+def make_batch(n, B, max_len, seed, repeat=True):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(0, max_len + 1, (B,), generator=g)
+    lengths[0] = 0  # always one empty bag
+    ids = torch.randint(0, n, (int(lengths.sum()),), generator=g)
+    if repeat and ids.numel() > 3:
+        ids[1] = ids[0]  # a repeated id inside a bag
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    psw = torch.rand(ids.numel(), generator=g, dtype=torch.float64) + 0.5
+    return ids, offsets, psw
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("pooling", [0, 1], ids=["sum", "mean"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+def test_forward_and_gradients_match_reference(case, pooling, weighted):
+    cfg = HashedEmbeddingBagConfig(name="t", num_embeddings=997, embedding_dim=16,
+                                   compression=0.05, row_regions=4, seed=3, **case)
+    w = torch.randn(cfg.buffer_rows, 16, dtype=torch.float64)
+    ids, offsets, psw = make_batch(cfg.num_embeddings, 33, 6, seed=pooling + 2 * weighted)
+    psw = psw if weighted else None
+
+    w1 = w.clone().requires_grad_()
+    p1 = psw.clone().requires_grad_() if weighted else None
+    out = hashed_bag(w1, ids, offsets, p1.float() if weighted else None, pooling, cfg.shard_layout())
+    w2 = w.clone().requires_grad_()
+    p2 = psw.clone().requires_grad_() if weighted else None
+    expect = ref.pooled(cfg, w2, ids.numpy(), offsets, p2, mean=pooling == 1)
+    # float32 per-sample weights inside the kernel limit agreement to ~1e-7 relative
+    torch.testing.assert_close(out, expect, rtol=1e-6, atol=1e-6)
+    assert out[0].abs().sum() == 0  # the empty bag
+
+    g = torch.randn_like(out)
+    (out * g).sum().backward()
+    (expect * g).sum().backward()
+    torch.testing.assert_close(w1.grad, w2.grad, rtol=1e-6, atol=1e-6)
+    if weighted:
+        torch.testing.assert_close(p1.grad, p2.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_ids_beyond_int32_range_use_64_bit_math():
+    # 3e9 x 4 virtual elements: every index product overflows 32 bits.
+    cfg = HashedEmbeddingBagConfig(name="big", num_embeddings=3_000_000_000, embedding_dim=4,
+                                   buffer_size=4096, mode="element", row_regions=4, signed=True)
+    w = torch.randn(cfg.buffer_rows, 4, dtype=torch.float64)
+    ids = torch.tensor([0, 2_999_999_999, 2**31 + 5, 1_500_000_000, 2_999_999_999])
+    offsets = torch.tensor([0, 2, 5])
+    out = hashed_bag(w, ids, offsets, None, 0, cfg.shard_layout())
+    torch.testing.assert_close(out, ref.pooled(cfg, w, ids.numpy(), offsets))
+
+
+@pytest.mark.parametrize("mode", ["element", "block"])
+def test_row_and_column_shards_compose_to_the_full_table(mode):
+    """Region-aligned shards of the buffer compute their part of the table on their own."""
+    cfg = HashedEmbeddingBagConfig(name="t", num_embeddings=1000, embedding_dim=16, mode=mode,
+                                   chunk_size=4, compression=0.1, row_regions=4)
+    w = torch.randn(cfg.buffer_rows, 16, dtype=torch.float64)
+    ids, offsets, _ = make_batch(1000, 20, 5, seed=7)
+    full = hashed_bag(w, ids, offsets, None, 0, cfg.shard_layout())
+    # row-wise over 2 shards: each shard sees only its ids, shifted to local ids
+    rows_per_shard, ids_per_shard = 2 * cfg.slots, 2 * cfg.rows_per_region
+    total = torch.zeros_like(full)
+    for k in range(2):
+        keep = (ids // ids_per_shard) == k
+        lengths = torch.zeros(20, dtype=torch.long)
+        bag_of = torch.repeat_interleave(torch.arange(20), offsets.diff())
+        lengths.index_add_(0, bag_of[keep], torch.ones(int(keep.sum()), dtype=torch.long))
+        off_k = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+        layout = cfg.shard_layout(row_offset=k * rows_per_shard)
+        total += hashed_bag(w[k * rows_per_shard:(k + 1) * rows_per_shard].contiguous(),
+                            ids[keep] - k * ids_per_shard, off_k, None, 0, layout)
+    torch.testing.assert_close(total, full)
+    # column-wise: two column shards of 8
+    parts = [hashed_bag(w[:, c:c + 8].contiguous(), ids, offsets, None, 0,
+                        cfg.shard_layout(col_offset=c)) for c in (0, 8)]
+    torch.testing.assert_close(torch.cat(parts, dim=1), full)
+
+
+def test_coord_uniform_is_plan_independent():
+    w = torch.empty(64, 16)
+    coord_uniform_(w, 0, 0, 5, -0.1, 0.1)
+    assert float(w.min()) >= -0.1 and float(w.max()) < 0.1
+    assert abs(float(w.mean())) < 0.01 and w.unique().numel() > 1000
+    shard = torch.empty(32, 8)
+    coord_uniform_(shard, 32, 8, 5, -0.1, 0.1)
+    torch.testing.assert_close(shard, w[32:, 8:])
+    other_seed = torch.empty(64, 16)
+    coord_uniform_(other_seed, 0, 0, 6, -0.1, 0.1)
+    assert not torch.equal(other_seed, w)
+
+
+def test_kernel_rejects_ids_outside_the_shard():
+    cfg = HashedEmbeddingBagConfig(name="t", num_embeddings=100, embedding_dim=8, row_regions=2)
+    w = torch.randn(cfg.buffer_rows, 8)
+    with pytest.raises(RuntimeError, match="ids must lie in"):
+        hashed_bag(w, torch.tensor([0, 100]), torch.tensor([0, 2]), None, 0, cfg.shard_layout())
+    with pytest.raises(RuntimeError, match="offsets"):
+        hashed_bag(w, torch.tensor([0, 1]), torch.tensor([0, 3]), None, 0, cfg.shard_layout())
+
+
+def test_opcheck_schema_fake_and_autograd_registration():
+    cfg = HashedEmbeddingBagConfig(name="t", num_embeddings=200, embedding_dim=8, row_regions=2)
+    w = torch.randn(cfg.buffer_rows, 8, requires_grad=True)
+    ids, offsets, psw = make_batch(200, 6, 4, seed=1)
+    args = (w, ids, offsets, psw.float().requires_grad_(), 0, *cfg.shard_layout().args())
+    torch.library.opcheck(torch.ops.torchrec_ext.hashed_bag_forward.default, args)
+    go = torch.randn(6, 8)
+    torch.library.opcheck(torch.ops.torchrec_ext.hashed_bag_backward.default,
+                          (go, w.detach(), ids, offsets, psw.float(), 1, *cfg.shard_layout().args(), True))

@@ -1,0 +1,32 @@
+// Where element (id, column) of a hashed table lives in its buffer.
+//
+// The virtual [num_embeddings, dim] table is cut into row regions of
+// `rows_per_region` ids and column regions (one column in element mode,
+// `chunk` columns in block mode). Region (r, c) owns buffer rows
+// [r * slots, (r + 1) * slots) and the columns of c. A shard of the buffer that
+// holds whole regions computes its part of the table on its own.
+#pragma once
+#include <cstdint>
+#include "hash.h"
+
+namespace torchrec_ext {
+
+struct HashedLayout {
+  int64_t mode;             // 0 = element (HashedNets), 1 = block (ROBE-Z)
+  int64_t chunk;            // Z: columns per block (1 in element mode)
+  int64_t rows_per_region;  // ids per row region
+  int64_t slots;            // buffer rows per row region
+  int64_t id_offset;        // global id of this shard's first row (multiple of rows_per_region)
+  int64_t col_offset;       // global column of this shard's first column (multiple of chunk)
+  int64_t seed;
+  bool is_signed;
+
+  TRX_HD int64_t first_region() const { return id_offset / rows_per_region; }
+
+  // Local region of a shard-local id (TorchRec hands shards ids minus their row offset).
+  TRX_HD int64_t local_region(int64_t local_id) const {
+    return (local_id + id_offset) / rows_per_region - first_region();
+  }
+};
+
+}  // namespace torchrec_ext

@@ -1,0 +1,148 @@
+"""What every torchrec_ext collection shares: TorchRec's EBC contract around per-table lookups.
+
+A subclass says how one table pools its bags (`_pool_table`); this base validates the
+KeyedJaggedTensor, routes each table's features to it, and assembles the KeyedTensor in
+exactly the key order `torchrec.EmbeddingBagCollection` uses.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+from torch import nn
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_modules import (
+    EmbeddingBagCollectionInterface,
+    get_embedding_names_by_table,
+)
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+
+POOLING_CODES = {PoolingType.SUM: 0, PoolingType.MEAN: 1}
+
+
+def pooling_code(config: EmbeddingBagConfig) -> int:
+    if config.pooling not in POOLING_CODES:
+        raise ValueError(
+            f"table '{config.name}': pooling {config.pooling} is not supported (SUM or MEAN)"
+        )
+    return POOLING_CODES[config.pooling]
+
+
+def check_ids(table: str, values: torch.Tensor, low: Optional[int], high: Optional[int]) -> None:
+    """Raises a ValueError naming `table` unless values are integer ids in [low, high)."""
+    if values.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"table '{table}': ids must be int32 or int64, got {values.dtype}")
+    if values.numel() == 0 or values.device.type == "meta" or (low is None and high is None):
+        return
+    lo, hi = torch.aminmax(values)
+    lo, hi = int(lo), int(hi)
+    if low is not None and lo < low:
+        raise ValueError(f"table '{table}': negative id {lo} (ids must be >= {low})")
+    if high is not None and hi >= high:
+        raise ValueError(
+            f"table '{table}': id {hi} is out of range (num_embeddings = {high})"
+        )
+
+
+def check_kjt(name: str, features: KeyedJaggedTensor) -> None:
+    """Structure checks: lengths must describe the values, weights must match them."""
+    if features.variable_stride_per_key():
+        raise ValueError(f"{name}: variable batch size per feature is not supported")
+    values, lengths = features.values(), features.lengths()
+    if values.device.type == "meta":
+        return
+    if lengths.numel() and int(lengths.min()) < 0:
+        raise ValueError(f"{name}: negative lengths in the KeyedJaggedTensor")
+    total = int(lengths.sum()) if lengths.numel() else 0
+    if total != values.numel():
+        raise ValueError(
+            f"{name}: lengths sum to {total} but the KeyedJaggedTensor holds "
+            f"{values.numel()} ids"
+        )
+    w = features.weights_or_none()
+    if w is not None:
+        if not w.is_floating_point():
+            raise ValueError(f"{name}: per-sample weights must be floating point, got {w.dtype}")
+        if w.numel() != values.numel():
+            raise ValueError(f"{name}: {w.numel()} weights for {values.numel()} ids")
+
+
+class ExtEmbeddingBagCollection(EmbeddingBagCollectionInterface):
+    """Base of the drop-in collections: (tables, is_weighted=False, device=None)."""
+
+    def __init__(
+        self,
+        tables: Sequence[EmbeddingBagConfig],
+        is_weighted: bool = False,
+        device: Optional[torch.device] = None,
+    ) -> None:
+        super().__init__()
+        torch._C._log_api_usage_once(f"torchrec_ext.{type(self).__name__}")
+        self._embedding_bag_configs: List[EmbeddingBagConfig] = list(tables)
+        self._is_weighted = is_weighted
+        self._device = torch.device(device) if device is not None else torch.device("cpu")
+        names = [t.name for t in tables]
+        if len(set(names)) != len(names) or any(not n for n in names):
+            raise ValueError(f"{type(self).__name__}: table names must be unique and non-empty: {names}")
+        for t in tables:
+            if not t.feature_names:
+                t.feature_names = [t.name]
+            pooling_code(t)
+        self._embedding_names: List[str] = [
+            n for per_table in get_embedding_names_by_table(self._embedding_bag_configs) for n in per_table
+        ]
+        self._lengths_per_embedding: List[int] = [
+            t.embedding_dim for t in tables for _ in t.feature_names
+        ]
+        self._feature_names: List[str] = [f for t in tables for f in t.feature_names]
+        self._feature_splits: List[int] = [len(t.feature_names) for t in tables]
+
+    # --- EmbeddingBagCollectionInterface ---
+    def embedding_bag_configs(self) -> List[EmbeddingBagConfig]:
+        return self._embedding_bag_configs
+
+    def is_weighted(self) -> bool:
+        return self._is_weighted
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
+        check_kjt(type(self).__name__, features)
+        missing = [f for f in self._feature_names if f not in features.keys()]
+        if missing:
+            raise ValueError(f"{type(self).__name__}: features {missing} are missing from the input")
+        batch = features.stride()
+        per_table = features.permute(
+            [features.keys().index(f) for f in self._feature_names]
+        ).split(self._feature_splits)
+        pooled = []
+        for i, (config, kjt) in enumerate(zip(self._embedding_bag_configs, per_table)):
+            weights = kjt.weights_or_none() if self._is_weighted else None
+            out = self._pool_table(i, kjt.values(), kjt.offsets(), weights)  # [F*B, D]
+            nf = len(config.feature_names)
+            pooled.append(out.view(nf, batch, -1).transpose(0, 1).reshape(batch, -1))
+        values = torch.cat(pooled, dim=1) if pooled else torch.empty(batch, 0)
+        return KeyedTensor(
+            keys=self._embedding_names,
+            length_per_key=self._lengths_per_embedding,
+            values=values,
+        )
+
+    def _pool_table(
+        self,
+        index: int,
+        values: torch.Tensor,
+        offsets: torch.Tensor,
+        weights: Optional[torch.Tensor],
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def table_module(weight: nn.Parameter) -> nn.Module:
+    """A holder so state_dict keys read `embedding_bags.<table>.weight`, as in TorchRec."""
+    m = nn.Module()
+    m.register_parameter("weight", weight)
+    return m

@@ -1,0 +1,176 @@
+"""Hashed tables: a virtual [num_embeddings, dim] table backed by a compressed buffer.
+
+Element mode (HashedNets): element (id, j) reads buffer[h(id, j)], optionally times a
+sign hash. Block mode (ROBE-Z): each block of Z consecutive elements of a row reads Z
+consecutive buffer elements from a hashed offset (circular within its region).
+
+The buffer is a [row_regions * slots, dim] matrix. Ids are cut into `row_regions`
+contiguous ranges; range r owns buffer rows [r * slots, (r + 1) * slots). Columns are
+regions of their own (one column in element mode, Z columns in block mode). Because no
+id reaches outside its region, TorchRec's row-wise and column-wise shards of the buffer
+compute their part of the table alone, and the table is the same function of the ids
+under every plan.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import torch
+from torch import nn
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
+
+from torchrec_ext.modules.collection_base import (
+    ExtEmbeddingBagCollection,
+    check_ids,
+    pooling_code,
+    table_module,
+)
+from torchrec_ext.ops import HashedShardLayout, coord_uniform_, hashed_bag
+
+MODES = {"element": 0, "block": 1}
+
+
+@dataclass
+class HashedEmbeddingBagConfig(EmbeddingBagConfig):
+    """`EmbeddingBagConfig` plus the memory budget of a hashed table.
+
+    compression: buffer size / (num_embeddings x embedding_dim), in (0, 1].
+    buffer_size: explicit buffer size in elements (overrides compression).
+    mode: "block" (ROBE-Z, default) or "element" (HashedNets).
+    chunk_size: Z of block mode; 0 picks gcd(embedding_dim, 32).
+    seed: hash (and init) seed; two tables with different seeds share nothing.
+    signed: multiply each element (element mode) or block (block mode) by a +-1 hash.
+    row_regions: independent id ranges; row-wise world sizes must divide it.
+    """
+
+    compression: float = 0.125
+    buffer_size: Optional[int] = None
+    mode: str = "block"
+    chunk_size: int = 0
+    seed: int = 0
+    signed: bool = False
+    row_regions: int = 8
+
+    def __post_init__(self) -> None:
+        name = self.name or "<unnamed>"
+        if self.num_embeddings <= 0 or self.embedding_dim <= 0:
+            raise ValueError(f"hashed table '{name}': num_embeddings and embedding_dim must be positive")
+        if self.mode not in MODES:
+            raise ValueError(f"hashed table '{name}': mode must be 'element' or 'block', got {self.mode!r}")
+        if self.buffer_size is None and not (0.0 < self.compression <= 1.0):
+            raise ValueError(
+                f"hashed table '{name}': compression must be in (0, 1], got {self.compression}"
+            )
+        if self.buffer_size is not None and self.buffer_size <= 0:
+            raise ValueError(f"hashed table '{name}': buffer_size must be positive, got {self.buffer_size}")
+        if self.row_regions <= 0:
+            raise ValueError(f"hashed table '{name}': row_regions must be positive")
+        if self.mode == "block" and self.chunk_size and self.embedding_dim % self.chunk_size:
+            raise ValueError(
+                f"hashed table '{name}': chunk_size {self.chunk_size} must divide "
+                f"embedding_dim {self.embedding_dim}"
+            )
+
+    # --- derived layout ---
+    @property
+    def chunk(self) -> int:
+        if self.mode == "element":
+            return 1
+        return self.chunk_size or math.gcd(self.embedding_dim, 32)
+
+    @property
+    def rows_per_region(self) -> int:
+        return -(-self.num_embeddings // self.row_regions)
+
+    @property
+    def slots(self) -> int:
+        """Buffer rows per row region."""
+        if self.buffer_size is not None:
+            return max(1, self.buffer_size // (self.row_regions * self.embedding_dim))
+        return max(1, round(self.compression * self.rows_per_region))
+
+    @property
+    def buffer_rows(self) -> int:
+        return self.row_regions * self.slots
+
+    @property
+    def virtual_rows(self) -> int:
+        """num_embeddings padded to whole regions: the id space TorchRec bucketizes."""
+        return self.row_regions * self.rows_per_region
+
+    def init_bounds(self) -> tuple:
+        # TorchRec's default: U(-sqrt(1/n), sqrt(1/n)) of the *virtual* table.
+        bound = math.sqrt(1.0 / self.num_embeddings)
+        low = self.weight_init_min if self.weight_init_min is not None else -bound
+        high = self.weight_init_max if self.weight_init_max is not None else bound
+        return low, high
+
+    def shard_layout(self, row_offset: int = 0, col_offset: int = 0) -> HashedShardLayout:
+        """Layout of the shard whose buffer block starts at (row_offset, col_offset)."""
+        if row_offset % self.slots or col_offset % self.chunk:
+            raise ValueError(
+                f"hashed table '{self.name}': a shard must start on a region boundary "
+                f"(row offset {row_offset} vs {self.slots} slots per region, column "
+                f"offset {col_offset} vs chunk {self.chunk})"
+            )
+        return HashedShardLayout(
+            mode=MODES[self.mode],
+            chunk=self.chunk,
+            rows_per_region=self.rows_per_region,
+            slots=self.slots,
+            id_offset=(row_offset // self.slots) * self.rows_per_region,
+            col_offset=col_offset,
+            seed=self.seed,
+            signed=self.signed,
+        )
+
+    def init_shard_(self, weight: torch.Tensor, row_offset: int = 0, col_offset: int = 0) -> torch.Tensor:
+        low, high = self.init_bounds()
+        return coord_uniform_(weight, row_offset, col_offset, self.seed, low, high)
+
+
+class HashedEmbeddingBagCollection(ExtEmbeddingBagCollection):
+    """Drop-in `EmbeddingBagCollection` whose tables are hashed buffers.
+
+    `embedding_bags[<table>].weight` is the buffer, [row_regions * slots, dim]. Train it
+    with any torch optimizer (dense gradients of the buffer), or shard it with
+    `torchrec_ext.sharding.get_sharders()` for fused optimizers.
+    """
+
+    def __init__(
+        self,
+        tables: Sequence[HashedEmbeddingBagConfig],
+        is_weighted: bool = False,
+        device: Optional[torch.device] = None,
+    ) -> None:
+        for t in tables:
+            if not isinstance(t, HashedEmbeddingBagConfig):
+                raise TypeError(f"HashedEmbeddingBagCollection: table '{t.name}' needs a HashedEmbeddingBagConfig")
+        super().__init__(tables, is_weighted, device)
+        self.embedding_bags = nn.ModuleDict()
+        self._layouts: List[HashedShardLayout] = []
+        for t in tables:
+            w = nn.Parameter(torch.empty(t.buffer_rows, t.embedding_dim, device=self._device))
+            t.init_shard_(w.data)
+            self.embedding_bags[t.name] = table_module(w)
+            self._layouts.append(t.shard_layout())
+        self._pooling = [pooling_code(t) for t in tables]
+
+    def reset_parameters(self) -> None:
+        for t in self._embedding_bag_configs:
+            t.init_shard_(self.embedding_bags[t.name].weight.data)
+
+    def _pool_table(self, index, values, offsets, weights):
+        config = self._embedding_bag_configs[index]
+        check_ids(config.name, values, 0, config.num_embeddings)
+        return hashed_bag(
+            self.embedding_bags[config.name].weight,
+            values.long(),
+            offsets.long(),
+            weights.float() if weights is not None else None,
+            self._pooling[index],
+            self._layouts[index],
+        )

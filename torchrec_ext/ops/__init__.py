@@ -1,0 +1,8 @@
+"""torchrec_ext's native ops: schemas in csrc/ops.cpp, kernels in csrc/cpu and csrc/cuda."""
+
+from torchrec_ext.ops.hashed import (  # noqa: F401
+    HashedShardLayout,
+    coord_uniform_,
+    hashed_bag,
+    hashed_bag_backward,
+)
