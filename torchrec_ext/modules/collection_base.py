@@ -89,6 +89,12 @@ class ExtEmbeddingBagCollection(EmbeddingBagCollectionInterface):
             if not t.feature_names:
                 t.feature_names = [t.name]
             pooling_code(t)
+            if is_weighted and t.pooling == PoolingType.MEAN:
+                # As torchrec.EmbeddingBagCollection (nn.EmbeddingBag): weights need SUM.
+                raise ValueError(
+                    f"table '{t.name}': MEAN pooling with per-sample weights is not supported; "
+                    "use SUM pooling for a weighted collection"
+                )
         self._embedding_names: List[str] = [
             n for per_table in get_embedding_names_by_table(self._embedding_bag_configs) for n in per_table
         ]

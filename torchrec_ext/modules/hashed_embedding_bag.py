@@ -28,7 +28,7 @@ from torchrec_ext.modules.collection_base import (
     pooling_code,
     table_module,
 )
-from torchrec_ext.ops import HashedShardLayout, coord_uniform_, hashed_bag
+from torchrec_ext.ops import HashedShardLayout, coord_uniform_, hashed_bag, hashed_bag_backward
 
 MODES = {"element": 0, "block": 1}
 
@@ -127,9 +127,36 @@ class HashedEmbeddingBagConfig(EmbeddingBagConfig):
             signed=self.signed,
         )
 
+    # --- the table-kind protocol that torchrec_ext's sharded kernels and planner use ---
+    def parameter_shape(self) -> tuple:
+        return (self.buffer_rows, self.embedding_dim)
+
+    def sharding_id_space(self) -> int:
+        return self.virtual_rows
+
+    def id_bounds(self) -> tuple:
+        return (0, self.num_embeddings)
+
+    def row_shard_unit(self) -> int:
+        """Row-wise shards must hold whole regions: this many buffer rows."""
+        return self.slots
+
+    def col_shard_unit(self) -> int:
+        return self.chunk
+
     def init_shard_(self, weight: torch.Tensor, row_offset: int = 0, col_offset: int = 0) -> torch.Tensor:
         low, high = self.init_bounds()
         return coord_uniform_(weight, row_offset, col_offset, self.seed, low, high)
+
+    def make_shard_state(self, row_offset: int, col_offset: int, rows: int, cols: int) -> HashedShardLayout:
+        return self.shard_layout(row_offset, col_offset)
+
+    def pool_shard(self, layout, weight, values, offsets, weights, pooling: int) -> torch.Tensor:
+        return hashed_bag(weight, values, offsets, weights, pooling, layout)
+
+    def backward_shard(self, layout, grad, weight, values, offsets, weights, pooling: int, need_weights_grad: bool):
+        gw, gpsw = hashed_bag_backward(grad, weight, values, offsets, weights, pooling, layout, need_weights_grad)
+        return gw, (gpsw if need_weights_grad else None)
 
 
 class HashedEmbeddingBagCollection(ExtEmbeddingBagCollection):
@@ -165,12 +192,12 @@ class HashedEmbeddingBagCollection(ExtEmbeddingBagCollection):
 
     def _pool_table(self, index, values, offsets, weights):
         config = self._embedding_bag_configs[index]
-        check_ids(config.name, values, 0, config.num_embeddings)
-        return hashed_bag(
+        check_ids(config.name, values, *config.id_bounds())
+        return config.pool_shard(
+            self._layouts[index],
             self.embedding_bags[config.name].weight,
             values.long(),
             offsets.long(),
             weights.float() if weights is not None else None,
             self._pooling[index],
-            self._layouts[index],
         )

@@ -1,0 +1,205 @@
+"""Scenarios run inside spawned gloo worlds (see dist_harness.py).
+
+Each builds the same model twice: an unsharded reference and a DMP-sharded copy planned
+by torchrec_ext's planner, loads the reference weights into the sharded copy, and checks
+that outputs and weights after one fused-optimizer step agree. The reference trains on
+the global batch with the loss divided by the world size (TorchRec's convention).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import torch
+import torch.distributed as dist
+from fbgemm_gpu.split_embedding_configs import EmbOptimType
+from torch import nn
+from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, PoolingType
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.planner import ParameterConstraints, Topology
+from torchrec.distributed.types import ShardingEnv, ShardingType
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from torchrec_ext import HashedEmbeddingBagCollection, HashedEmbeddingBagConfig
+from torchrec_ext.sharding import get_sharders, make_planner
+
+PER_RANK_BATCH = 4
+LR = 0.1
+FEATURES = {"f_std": 120, "f_a": 1000, "f_b": 5000, "f_shared": 1000}
+WEIGHTED_FEATURES = {"f_w": 300}
+
+
+class TwoCollections(nn.Module):
+    """A standard TorchRec EBC next to hashed collections (element, block, weighted)."""
+
+    def __init__(self, device=None):
+        super().__init__()
+        self.ebc = EmbeddingBagCollection(
+            tables=[EmbeddingBagConfig(name="std0", num_embeddings=120, embedding_dim=16, feature_names=["f_std"])],
+            device=device,
+        )
+        self.hashed = HashedEmbeddingBagCollection(
+            tables=[
+                HashedEmbeddingBagConfig(name="h_elem", num_embeddings=1000, embedding_dim=16,
+                                         feature_names=["f_a", "f_shared"], mode="element",
+                                         signed=True, compression=0.05, row_regions=4, seed=1),
+                HashedEmbeddingBagConfig(name="h_block", num_embeddings=5000, embedding_dim=16,
+                                         feature_names=["f_b", "f_shared"], mode="block", chunk_size=4,
+                                         compression=0.1, row_regions=4, pooling=PoolingType.MEAN),
+            ],
+            device=device,
+        )
+        self.weighted = HashedEmbeddingBagCollection(
+            tables=[HashedEmbeddingBagConfig(name="h_w", num_embeddings=300, embedding_dim=8,
+                                             feature_names=["f_w"], compression=0.2, row_regions=4, chunk_size=4)],
+            is_weighted=True,
+            device=device,
+        )
+
+    def forward(self, kjt: KeyedJaggedTensor, wkjt: KeyedJaggedTensor) -> torch.Tensor:
+        return torch.cat([self.ebc(kjt).values(), self.hashed(kjt).values(), self.weighted(wkjt).values()], dim=1)
+
+
+def global_batch(world_size: int, seed: int, weighted: bool, features):
+    g = torch.Generator().manual_seed(seed)
+    n = world_size * PER_RANK_BATCH
+    lengths = {f: torch.randint(0, 4, (n,), generator=g) for f in features}
+    ids = {f: torch.randint(0, hi, (int(lengths[f].sum()),), generator=g) for f, hi in features.items()}
+    weights = {f: torch.rand(ids[f].numel(), generator=g) + 0.5 for f in features} if weighted else None
+    return lengths, ids, weights
+
+
+def kjt_for(batch, lo: int, hi: int) -> KeyedJaggedTensor:
+    lengths, ids, weights = batch
+    keys, vals, lens, ws = list(lengths), [], [], []
+    for f in keys:
+        offs = torch.cat([torch.zeros(1, dtype=torch.long), lengths[f].cumsum(0)])
+        vals.append(ids[f][offs[lo]:offs[hi]])
+        lens.append(lengths[f][lo:hi])
+        if weights is not None:
+            ws.append(weights[f][offs[lo]:offs[hi]])
+    return KeyedJaggedTensor.from_lengths_sync(
+        keys=keys, values=torch.cat(vals), lengths=torch.cat(lens),
+        weights=torch.cat(ws) if weights is not None else None,
+    )
+
+
+def shard_model(model, world_size, sharding_type, fused_params):
+    constraints = {
+        name: ParameterConstraints(sharding_types=[sharding_type], min_partition=4)
+        for name in ["std0", "h_elem", "h_block", "h_w"]
+    }
+    sharders = get_sharders(fused_params=fused_params)
+    planner = make_planner(Topology(world_size=world_size, compute_device="cpu"),
+                           batch_size=PER_RANK_BATCH, constraints=constraints)
+    plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
+    for module_plan in plan.plan.values():
+        for name, ps in module_plan.items():
+            assert ps.sharding_type == sharding_type, (name, ps.sharding_type)
+    return DistributedModelParallel(
+        model, env=ShardingEnv.from_process_group(dist.GroupMember.WORLD), plan=plan,
+        sharders=sharders, device=torch.device("cpu"),
+    )
+
+
+def reference_step(ref: nn.Module, kjt, wkjt, grad_out, world_size, optimizer):
+    out = ref(kjt, wkjt)
+    ((out * grad_out).sum() / world_size).backward()
+    with torch.no_grad():
+        for p in ref.parameters():
+            g = p.grad
+            if optimizer == "sgd":
+                p -= LR * g
+            else:  # FBGEMM row-wise Adagrad, from a zero state
+                m = g.pow(2).mean(dim=1)
+                p -= LR * g / (m.sqrt() + 1e-8).unsqueeze(1)
+    return out
+
+
+def local_pieces(value):
+    """(tensor, row offset, col offset) for every piece of a state_dict value held here."""
+    if isinstance(value, ShardedTensor):
+        return [(s.tensor, *s.metadata.shard_offsets) for s in value.local_shards()]
+    return [(value, 0, 0)]
+
+
+def assert_state_matches(sharded_sd, ref_sd, expect_sharded: bool):
+    for key, ref_value in ref_sd.items():
+        value = sharded_sd[key]
+        if expect_sharded:
+            assert isinstance(value, ShardedTensor), f"{key} is {type(value)}, not a ShardedTensor"
+            assert list(value.size()) == list(ref_value.shape), (key, value.size(), ref_value.shape)
+        for t, r, c in local_pieces(value):
+            torch.testing.assert_close(t, ref_value[r:r + t.shape[0], c:c + t.shape[1]],
+                                       atol=1e-5, rtol=1e-5, msg=lambda m: f"{key}: {m}")
+
+
+def equivalence(rank, world_size, sharding_type, optimizer):
+    torch.manual_seed(0)
+    ref = TwoCollections()
+    model = copy.deepcopy(ref)
+    opt_type = EmbOptimType.EXACT_SGD if optimizer == "sgd" else EmbOptimType.EXACT_ROWWISE_ADAGRAD
+    dmp = shard_model(model, world_size, sharding_type, {"optimizer": opt_type, "learning_rate": LR})
+    dmp.load_state_dict(ref.state_dict())
+
+    batch = global_batch(world_size, seed=1, weighted=False, features=FEATURES)
+    wbatch = global_batch(world_size, seed=2, weighted=True, features=WEIGHTED_FEATURES)
+    lo, hi = rank * PER_RANK_BATCH, (rank + 1) * PER_RANK_BATCH
+    n = world_size * PER_RANK_BATCH
+
+    out = dmp(kjt_for(batch, lo, hi), kjt_for(wbatch, lo, hi))
+    grad_out = torch.randn(n, out.shape[1], generator=torch.Generator().manual_seed(3))
+    ref_out = reference_step(ref, kjt_for(batch, 0, n), kjt_for(wbatch, 0, n), grad_out, world_size, optimizer)
+    torch.testing.assert_close(out, ref_out[lo:hi], atol=1e-5, rtol=1e-5)
+
+    (out * grad_out[lo:hi]).sum().backward()
+    if sharding_type == ShardingType.DATA_PARALLEL.value:  # DP tables train with a dense optimizer
+        dense = [p for p in dmp.parameters() if p.grad is not None]
+        assert dense, "data-parallel tables must receive dense gradients"
+        torch.optim.SGD(dense, lr=LR).step()
+    assert_state_matches(dmp.state_dict(), ref.state_dict(),
+                         expect_sharded=sharding_type != ShardingType.DATA_PARALLEL.value)
+    # the fused optimizer is exposed the TorchRec way
+    if sharding_type != ShardingType.DATA_PARALLEL.value:
+        gathered = [None] * world_size
+        dist.all_gather_object(gathered, sorted(dmp.fused_optimizer.params.keys()))
+        keys = {k for per_rank in gathered for k in per_rank}
+        for table in ["hashed.embedding_bags.h_elem", "hashed.embedding_bags.h_block", "ebc.embedding_bags.std0"]:
+            assert any(table in k for k in keys), (table, keys)
+
+    # the sharded state, gathered, is the full table
+    if sharding_type == ShardingType.ROW_WISE.value:
+        st = dmp.state_dict()["hashed.embedding_bags.h_block.weight"]
+        full = torch.empty(st.size()) if rank == 0 else None
+        st.gather(dst=0, out=full)
+        if rank == 0:
+            torch.testing.assert_close(full, ref.hashed.embedding_bags.h_block.weight.detach(), atol=1e-5, rtol=1e-5)
+
+
+def tw_sgd(rank, world_size, **_):
+    equivalence(rank, world_size, ShardingType.TABLE_WISE.value, "sgd")
+
+
+def rw_sgd(rank, world_size, **_):
+    equivalence(rank, world_size, ShardingType.ROW_WISE.value, "sgd")
+
+
+def cw_sgd(rank, world_size, **_):
+    equivalence(rank, world_size, ShardingType.COLUMN_WISE.value, "sgd")
+
+
+def dp_sgd(rank, world_size, **_):
+    equivalence(rank, world_size, ShardingType.DATA_PARALLEL.value, "sgd")
+
+
+def tw_rowwise_adagrad(rank, world_size, **_):
+    equivalence(rank, world_size, ShardingType.TABLE_WISE.value, "rowwise_adagrad")
+
+
+def rw_rowwise_adagrad(rank, world_size, **_):
+    equivalence(rank, world_size, ShardingType.ROW_WISE.value, "rowwise_adagrad")
+
+
+EQUIVALENCE = ["tw_sgd", "rw_sgd", "cw_sgd", "dp_sgd", "tw_rowwise_adagrad", "rw_rowwise_adagrad"]

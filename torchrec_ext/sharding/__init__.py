@@ -1,0 +1,11 @@
+"""Sharders, sharding strategies and planner pieces for torchrec_ext collections."""
+
+from torchrec_ext.sharding.planner import make_planner  # noqa: F401
+from torchrec_ext.sharding.sharders import (  # noqa: F401
+    ExtEmbeddingBagCollectionSharder,
+    HashedEmbeddingBagCollectionSharder,
+    RowWiseCpuEmbeddingBagCollectionSharder,
+    get_sharders,
+)
+
+__all__ = ["get_sharders", "make_planner", "HashedEmbeddingBagCollectionSharder"]

@@ -1,0 +1,90 @@
+"""Fused optimizers for torchrec_ext's sharded kernels (the update runs in backward).
+
+Semantics follow FBGEMM's TBE for the same `EmbOptimType`, applied to the rows of each
+local shard (for hashed tables: rows of the buffer):
+  SGD:              w -= lr * g
+  ADAGRAD:          s += g^2;        w -= lr * g / (sqrt(s) + eps)
+  ROWWISE_ADAGRAD:  m += mean_j g^2; w -= lr * g / (sqrt(m) + eps)
+Duplicate ids are summed before the update (FBGEMM's EXACT_* behaviour).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Optional
+
+import torch
+from fbgemm_gpu.split_embedding_configs import EmbOptimType
+from torchrec.optim.fused import FusedOptimizer
+
+SGD = "sgd"
+ADAGRAD = "adagrad"
+ROWWISE_ADAGRAD = "rowwise_adagrad"
+
+_KINDS = {
+    EmbOptimType.SGD: SGD,
+    EmbOptimType.EXACT_SGD: SGD,
+    EmbOptimType.EXACT_ADAGRAD: ADAGRAD,
+    EmbOptimType.EXACT_ROWWISE_ADAGRAD: ROWWISE_ADAGRAD,
+    EmbOptimType.ROWWISE_ADAGRAD: ROWWISE_ADAGRAD,
+}
+
+DEFAULT_LR = 0.01  # FBGEMM TBE's default learning rate
+DEFAULT_EPS = 1.0e-8
+
+
+def optimizer_kind(fused_params: Optional[Mapping[str, Any]], where: str) -> str:
+    opt = (fused_params or {}).get("optimizer", EmbOptimType.EXACT_SGD)
+    if isinstance(opt, str):
+        opt = EmbOptimType(opt)
+    if opt not in _KINDS:
+        raise ValueError(
+            f"{where}: fused optimizer {opt} is not supported; use one of "
+            f"{sorted({o.value for o in _KINDS})}"
+        )
+    return _KINDS[opt]
+
+
+class ExtFusedOptimizer(FusedOptimizer):
+    """Holds the learning rate and per-row state of one kernel's shards.
+
+    `params` maps "<table>.weight" (suffixed for extra column shards) to the shard;
+    state tensors are created next to each shard and keyed the FBGEMM way.
+    """
+
+    def __init__(self, params: Dict[str, torch.Tensor], fused_params: Mapping[str, Any], where: str):
+        self._kind = optimizer_kind(fused_params, where)
+        self._eps = float(fused_params.get("eps", DEFAULT_EPS))
+        lr = float(fused_params.get("learning_rate", DEFAULT_LR))
+        state: Dict[Any, Any] = {}
+        for p in params.values():
+            if self._kind == ADAGRAD:
+                state[p] = {"sum": torch.zeros_like(p)}
+            elif self._kind == ROWWISE_ADAGRAD:
+                state[p] = {"momentum1": torch.zeros(p.shape[0], dtype=torch.float32, device=p.device)}
+            else:
+                state[p] = {}
+        param_groups: List[Dict[str, Any]] = [
+            {"params": list(params.values()), "lr": lr, "optimizer": self._kind, "eps": self._eps}
+        ]
+        super().__init__(params, state, param_groups)
+
+    @torch.no_grad()
+    def apply(self, param: torch.Tensor, grad: torch.Tensor) -> None:
+        """Applies one step to `param` with its (duplicate-summed) gradient."""
+        lr = self.param_groups[0]["lr"]
+        if self._kind == SGD:
+            param.add_(grad, alpha=-lr)
+        elif self._kind == ADAGRAD:
+            s = self.state[param]["sum"]
+            s.addcmul_(grad, grad)
+            param.addcdiv_(grad, s.sqrt().add_(self._eps), value=-lr)
+        else:
+            m = self.state[param]["momentum1"]
+            m.add_(grad.float().pow(2).mean(dim=1))
+            param.sub_(grad * (lr / (m.sqrt() + self._eps)).to(grad.dtype).unsqueeze(1))
+
+    def step(self, closure: Any = None) -> None:
+        pass  # the update ran in backward
+
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        pass

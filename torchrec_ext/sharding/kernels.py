@@ -1,0 +1,172 @@
+"""Embedding kernels that TorchRec's grouped lookups run for torchrec_ext tables.
+
+TorchRec's `GroupedPooledEmbeddingsLookup` builds one kernel per group of tables; for
+tables of this project it builds an `ExtPooledEmbeddingKernel`. A kernel holds the local
+shards of its tables, pools their bags with the table's native op and, for model-parallel
+shardings, updates the shards in the backward pass with a fused optimizer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import torch
+from torch import nn
+from torch.distributed._shard.metadata import ShardMetadata
+from torchrec.distributed.embedding_types import GroupedEmbeddingConfig, ShardedEmbeddingTable
+from torchrec.distributed.types import ShardingType
+from torchrec.modules.embedding_configs import PoolingType
+from torchrec.optim.fused import FusedOptimizerModule
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from torchrec_ext.sharding.fused_optim import ExtFusedOptimizer
+
+# Key under which a table's torchrec_ext config rides in its per-table fused_params.
+TABLE_KEY = "_torchrec_ext_table"
+
+
+def ext_table_config(table: ShardedEmbeddingTable):
+    """The torchrec_ext config of a table, or None for TorchRec's own tables."""
+    ref = (table.fused_params or {}).get(TABLE_KEY)
+    return None if ref is None else ref.config
+
+
+def _offsets(meta: Optional[ShardMetadata]) -> Tuple[int, int]:
+    return (0, 0) if meta is None else (int(meta.shard_offsets[0]), int(meta.shard_offsets[1]))
+
+
+class _FusedLookup(torch.autograd.Function):
+    """Pooled lookup whose backward applies the fused optimizer to the shard in place."""
+
+    @staticmethod
+    def forward(ctx, weight, shard, values, offsets, weights):
+        ctx.shard = shard
+        ctx.save_for_backward(values, offsets, weights)
+        ctx.has_weights = weights is not None
+        return shard.pool(weight.detach(), values, offsets, weights)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        values, offsets, weights = ctx.saved_tensors
+        shard = ctx.shard
+        need_w = ctx.has_weights and ctx.needs_input_grad[4]
+        grad_w, grad_psw = shard.backward(grad_output, values, offsets, weights if ctx.has_weights else None, need_w)
+        shard.optimizer.apply(shard.weight, grad_w)
+        return None, None, None, None, grad_psw if need_w else None
+
+
+class LocalShard(nn.Module):
+    """One local shard of one table: its parameter, where it sits, how it pools."""
+
+    def __init__(self, table: ShardedEmbeddingTable, pooling: int, device: torch.device):
+        super().__init__()
+        self.config = ext_table_config(table)
+        self.table_name = table.name
+        self.metadata: Optional[ShardMetadata] = table.local_metadata
+        self.row_offset, self.col_offset = _offsets(table.local_metadata)
+        self.num_features = table.num_features()
+        self.pooling = pooling
+        self.weight = nn.Parameter(torch.empty(table.local_rows, table.local_cols, device=device))
+        self.optimizer: Optional[ExtFusedOptimizer] = None
+        self.state = self.config.make_shard_state(self.row_offset, self.col_offset, table.local_rows, table.local_cols)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.weight.numel():
+            self.config.init_shard_(self.weight.data, self.row_offset, self.col_offset)
+
+    def pool(self, weight, values, offsets, weights) -> torch.Tensor:
+        return self.config.pool_shard(self.state, weight, values, offsets, weights, self.pooling)
+
+    def backward(self, grad_output, values, offsets, weights, need_weights_grad):
+        return self.config.backward_shard(self.state, grad_output, self.weight.detach(), values,
+                                          offsets, weights, self.pooling, need_weights_grad)
+
+    def forward(self, values, offsets, weights, fused: bool) -> torch.Tensor:
+        if fused:
+            return _FusedLookup.apply(self.weight, self, values, offsets, weights)
+        return self.pool(self.weight, values, offsets, weights)
+
+
+class ExtPooledEmbeddingKernel(nn.Module):
+    """Kernel for one group of torchrec_ext tables (the role FBGEMM's TBE plays in TorchRec).
+
+    This dense form (data-parallel tables) leaves gradients on the weights for the dense
+    optimizer; `ExtFusedPooledEmbeddingKernel` updates them in backward.
+    """
+
+    _fused = False
+
+    def __init__(
+        self,
+        config: GroupedEmbeddingConfig,
+        device: Optional[torch.device],
+        sharding_type: Optional[ShardingType],
+    ) -> None:
+        super().__init__()
+        self._config = config
+        device = device or torch.device("cpu")
+        # TorchRec applies MEAN after the reduce-scatter for row-wise shards.
+        sum_only = sharding_type in (ShardingType.ROW_WISE, ShardingType.TABLE_ROW_WISE)
+        self.shards = nn.ModuleList(
+            LocalShard(t, 0 if (sum_only or t.pooling == PoolingType.SUM) else 1, device)
+            for t in config.embedding_tables
+        )
+        self._feature_splits = [s.num_features for s in self.shards]
+
+    @property
+    def config(self) -> GroupedEmbeddingConfig:
+        return self._config
+
+    def forward(self, features: KeyedJaggedTensor) -> torch.Tensor:
+        batch = features.stride()
+        weights_on = self._config.is_weighted
+        outs: List[torch.Tensor] = []
+        for shard, kjt in zip(self.shards, features.split(self._feature_splits)):
+            w = kjt.weights_or_none() if weights_on else None
+            out = shard(kjt.values().long(), kjt.offsets().long(), w.float() if w is not None else None, self._fused)
+            outs.append(out.view(shard.num_features, batch, -1).transpose(0, 1).reshape(batch, -1))
+        return torch.cat(outs, dim=1)
+
+    def local_shards(self) -> Iterator[Tuple[str, nn.Parameter, Optional[ShardMetadata]]]:
+        for s in self.shards:
+            yield s.table_name, s.weight, s.metadata
+
+    def reset_parameters(self) -> None:
+        for s in self.shards:
+            s.reset_parameters()
+
+    # TorchRec calls these on every lookup kernel around checkpoints.
+    def flush(self) -> None:
+        pass
+
+    def purge(self) -> None:
+        pass
+
+    def named_parameters_by_table(self) -> Iterator[Tuple[str, nn.Parameter]]:
+        for s in self.shards:
+            yield s.table_name, s.weight
+
+
+class ExtFusedPooledEmbeddingKernel(ExtPooledEmbeddingKernel, FusedOptimizerModule):
+    """Model-parallel kernel: the backward pass applies the fused optimizer to the shards."""
+
+    _fused = True
+
+    def __init__(self, config, device, sharding_type) -> None:
+        super().__init__(config, device, sharding_type)
+        params: Dict[str, torch.Tensor] = {}
+        for s in self.shards:
+            key = f"{s.table_name}.weight"
+            while key in params:  # several column shards of one table on this rank
+                key += "_cw"
+            params[key] = s.weight
+        fused_params = dict(config.embedding_tables[0].fused_params or {})
+        self._optim = ExtFusedOptimizer(params, fused_params, f"table '{config.embedding_tables[0].name}'")
+        for s in self.shards:
+            s.optimizer = self._optim
+            s.weight._in_backward_optimizers = [self._optim]  # as TorchRec marks fused weights
+
+    @property
+    def fused_optimizer(self) -> ExtFusedOptimizer:
+        return self._optim

@@ -1,0 +1,146 @@
+"""Planner pieces that know torchrec_ext tables.
+
+* `ExtStorageEstimator` charges each table its real bytes: its parameter (a hashed
+  table's buffer, not num_embeddings x dim) plus the fused optimizer's state.
+* `ExtEnumerator` drops sharding options whose shards would cut a table's regions
+  (e.g. row-wise over a world size that does not divide `row_regions`).
+* `make_planner` builds an `EmbeddingShardingPlanner` with both.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional
+
+from torch import nn
+from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+from torchrec.distributed.planner.enumerators import EmbeddingEnumerator
+from torchrec.distributed.planner.shard_estimators import (
+    EmbeddingPerfEstimator,
+    EmbeddingStorageEstimator,
+)
+from torchrec.distributed.planner.types import ParameterConstraints, ShardingOption
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+from torchrec.distributed.types import ModuleSharder, ShardingType
+
+from torchrec_ext.modules.collection_base import ExtEmbeddingBagCollection
+from torchrec_ext.sharding.fused_optim import ADAGRAD, ROWWISE_ADAGRAD, optimizer_kind
+
+
+def _ext_config(option: ShardingOption):
+    module = option.module[1]
+    if not isinstance(module, ExtEmbeddingBagCollection):
+        return None
+    for cfg in module.embedding_bag_configs():
+        if cfg.name == option.name:
+            return cfg
+    return None
+
+
+def optimizer_state_bytes(kind: str, rows: int, cols: int, elem_size: int) -> int:
+    if kind == ADAGRAD:
+        return rows * cols * elem_size
+    if kind == ROWWISE_ADAGRAD:
+        return rows * 4
+    return 0
+
+
+class ExtStorageEstimator(EmbeddingStorageEstimator):
+    """TorchRec's storage estimate plus the fused optimizer state of torchrec_ext tables."""
+
+    def estimate(self, sharding_options: List[ShardingOption], sharder_data_map=None) -> None:
+        super().estimate(sharding_options, sharder_data_map)
+        for option in sharding_options:
+            if _ext_config(option) is None or option.sharding_type == ShardingType.DATA_PARALLEL.value:
+                continue  # DP tables train with the dense optimizer, charged by TorchRec
+            fused = sharder_data_map[option.module_type_key].fused_params if sharder_data_map else {}
+            kind = optimizer_kind(fused, option.name)
+            elem = option.tensor.element_size()
+            for shard in option.shards:
+                extra = optimizer_state_bytes(kind, shard.size[0], shard.size[1], elem)
+                if self._topology.compute_device == "cuda":
+                    shard.storage.hbm += extra
+                else:
+                    shard.storage.ddr += extra
+
+
+class ExtPerfEstimator(EmbeddingPerfEstimator):
+    """TorchRec's perf model, pricing torchrec_ext kernels as FBGEMM's fused kernel.
+
+    Our kernels do what TBE does per id (a pooled gather with an in-backward update), so
+    TorchRec's bandwidth model is the honest first approximation; TorchRec 1.8.0 has no
+    entry for CUSTOMIZED_KERNEL and would refuse the option.
+    """
+
+    def estimate(self, sharding_options: List[ShardingOption], sharder_data_map=None) -> None:
+        swapped = [o for o in sharding_options
+                   if o.compute_kernel == EmbeddingComputeKernel.CUSTOMIZED_KERNEL.value]
+        for o in swapped:
+            o.compute_kernel = EmbeddingComputeKernel.FUSED.value
+        try:
+            super().estimate(sharding_options, sharder_data_map)
+        finally:
+            for o in swapped:
+                o.compute_kernel = EmbeddingComputeKernel.CUSTOMIZED_KERNEL.value
+
+
+class ExtEnumerator(EmbeddingEnumerator):
+    """Keeps only the options whose shards hold whole regions of torchrec_ext tables."""
+
+    def enumerate(self, module: nn.Module, sharders: List[ModuleSharder[nn.Module]]) -> List[ShardingOption]:
+        options = super().enumerate(module, sharders)
+        kept, dropped = [], {}
+        for option in options:
+            cfg = _ext_config(option)
+            reason = None if cfg is None else region_violation(cfg, option)
+            if reason is None:
+                kept.append(option)
+            else:
+                dropped.setdefault(option.name, []).append(reason)
+        names_kept = {o.name for o in kept}
+        for name, reasons in dropped.items():
+            if name not in names_kept:
+                raise ValueError(f"table '{name}': no valid sharding option: " + "; ".join(reasons))
+        return kept
+
+
+def region_violation(cfg, option: ShardingOption) -> Optional[str]:
+    """Why this option's shards would cut the table's regions, or None."""
+    row_unit, col_unit = cfg.row_shard_unit(), cfg.col_shard_unit()
+    for shard in option.shards:
+        (r, c), (rs, cs) = shard.offset, shard.size
+        if r % row_unit or (rs % row_unit and r + rs != cfg.parameter_shape()[0]):
+            return (f"{option.sharding_type} shards rows at {r}+{rs}, not on the table's "
+                    f"{row_unit}-row regions ({region_hint(cfg)})")
+        if c % col_unit or cs % col_unit:
+            return (f"{option.sharding_type} shards columns at {c}+{cs}, not on multiples "
+                    f"of {col_unit}")
+    return None
+
+
+def region_hint(cfg) -> str:
+    regions = getattr(cfg, "row_regions", None)
+    return f"row-wise world sizes must divide row_regions={regions}" if regions else "see the table's config"
+
+
+def make_planner(
+    topology: Topology,
+    batch_size: int = 512,
+    constraints: Optional[Dict[str, ParameterConstraints]] = None,
+    **kwargs,
+) -> EmbeddingShardingPlanner:
+    """An `EmbeddingShardingPlanner` whose estimators and enumerator know torchrec_ext tables."""
+    estimators = [
+        ExtPerfEstimator(topology=topology, constraints=constraints),
+        ExtStorageEstimator(topology=topology, constraints=constraints),
+    ]
+    enumerator = ExtEnumerator(
+        topology=topology, batch_size=batch_size, constraints=constraints, estimator=estimators
+    )
+    return EmbeddingShardingPlanner(
+        topology=topology,
+        batch_size=batch_size,
+        enumerator=enumerator,
+        constraints=constraints,
+        **kwargs,
+    )

@@ -1,0 +1,170 @@
+"""The sharded form of every torchrec_ext collection.
+
+It is TorchRec's `ShardedEmbeddingBagCollection` (input dist, output dist, MEAN callback,
+train-pipeline hooks) with three things of its own: the strategies build torchrec_ext
+kernels, each table's state is a ShardedTensor of its own parameter (not of
+num_embeddings x dim), and ids are validated against each table before they leave the rank.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor
+from torch.distributed._shard.sharded_tensor.metadata import TensorProperties
+from torch.nn.modules.module import _IncompatibleKeys
+from torchrec.distributed.embeddingbag import ShardedEmbeddingBagCollection
+from torchrec.distributed.sharding.dp_sharding import DpPooledEmbeddingSharding
+from torchrec.distributed.types import ShardingType
+from torchrec.optim.fused import EmptyFusedOptimizer
+
+from torchrec_ext.modules.collection_base import check_ids, check_kjt
+from torchrec_ext.sharding.kernels import TABLE_KEY
+from torchrec_ext.sharding.shardings import SHARDING_CLASSES
+
+
+@dataclass(frozen=True)
+class ExtTableRef:
+    """Carries a table's torchrec_ext config through TorchRec's per-table fused_params.
+
+    Hashable and compared by name so TorchRec can group tables by fused_params.
+    """
+
+    name: str
+    config: Any = field(compare=False, hash=False)
+
+
+class ShardedExtEmbeddingBagCollection(ShardedEmbeddingBagCollection):
+    @classmethod
+    def create_grouped_sharding_infos(cls, module, table_name_to_parameter_sharding, prefix,
+                                      fused_params, suffix="weight"):
+        infos = super().create_grouped_sharding_infos(
+            module, table_name_to_parameter_sharding, prefix, fused_params, suffix
+        )
+        configs = {t.name: t for t in module.embedding_bag_configs()}
+        for sharding_type, per_type in infos.items():
+            for info in per_type:
+                cfg = configs[info.embedding_config.name]
+                # Row-wise: the id space TorchRec bucketizes (shard sizes come from the plan).
+                # Others: TorchRec sizes the local shard from num_embeddings, i.e. the parameter.
+                info.embedding_config.num_embeddings = (
+                    cfg.sharding_id_space()
+                    if sharding_type == ShardingType.ROW_WISE.value
+                    else cfg.parameter_shape()[0]
+                )
+                info.fused_params = {**info.fused_params, TABLE_KEY: ExtTableRef(cfg.name, cfg)}
+        return infos
+
+    @classmethod
+    def create_embedding_bag_sharding(cls, sharding_infos, env, device=None,
+                                      permute_embeddings=False, qcomm_codecs_registry=None):
+        sharding_type = sharding_infos[0].param_sharding.sharding_type
+        if sharding_type not in SHARDING_CLASSES:
+            names = [i.embedding_config.name for i in sharding_infos]
+            raise ValueError(f"tables {names}: sharding type {sharding_type} is not supported")
+        klass = SHARDING_CLASSES[sharding_type]
+        if klass is SHARDING_CLASSES[ShardingType.DATA_PARALLEL.value]:
+            return klass(sharding_infos, env, device)
+        kwargs = {"permute_embeddings": permute_embeddings} if sharding_type == ShardingType.COLUMN_WISE.value else {}
+        return klass(sharding_infos, env, device, qcomm_codecs_registry=qcomm_codecs_registry, **kwargs)
+
+    # --- parameters and state ---
+    def _initialize_torch_state(self, skip_registering: bool = False) -> None:
+        self.embedding_bags: nn.ModuleDict = nn.ModuleDict({t: nn.Module() for t in self._table_names})
+        self._ext_shards: Dict[str, List[Tuple[nn.Parameter, Any]]] = {t: [] for t in self._table_names}
+        for lookup, sharding in zip(self._lookups, self._embedding_shardings):
+            inner = lookup.module if isinstance(sharding, DpPooledEmbeddingSharding) else lookup
+            for kernel in inner._emb_modules:
+                for name, param, meta in kernel.local_shards():
+                    self._ext_shards[name].append((param, meta))
+        for t, shards in self._ext_shards.items():
+            holder = self.embedding_bags[t]
+            if not shards:  # another rank holds this table
+                empty = nn.Parameter(torch.empty(0))
+                empty._in_backward_optimizers = [EmptyFusedOptimizer()]
+                holder.register_parameter("weight", empty)
+            for k, (param, _) in enumerate(shards):
+                holder.register_parameter("weight" if k == 0 else f"weight_cw{k}", param)
+
+    def reset_parameters(self) -> None:
+        pass  # every shard initialised itself from global coordinates (plan-independent)
+
+    def _table_state(self, table: str) -> Any:
+        plan = self.module_sharding_plan[table]
+        shards = self._ext_shards[table]
+        if plan.sharding_type == ShardingType.DATA_PARALLEL.value:
+            return shards[0][0].detach()
+        cfg = self._table_name_to_config[table]
+        spec = plan.sharding_spec
+        metadata = spec.build_metadata(
+            tensor_sizes=torch.Size(cfg.parameter_shape()),
+            tensor_properties=TensorProperties(dtype=shards[0][0].dtype if shards else torch.float32),
+        )
+        local = [Shard(tensor=p.detach(), metadata=m) for p, m in shards]
+        return ShardedTensor._init_from_local_shards_and_global_metadata(
+            local_shards=local, sharded_tensor_metadata=metadata, process_group=self._env.process_group
+        )
+
+    def state_dict(self, destination=None, prefix: str = "", keep_vars: bool = False):
+        if destination is None:
+            destination = OrderedDict()
+        for t in self._table_names:
+            destination[f"{prefix}embedding_bags.{t}.weight"] = self._table_state(t)
+        return destination
+
+    @torch.no_grad()
+    def load_state_dict(self, state_dict, strict: bool = True):
+        """Loads full tensors (any plan) or ShardedTensors of the same plan.
+
+        To move a checkpoint between plans, load it with torch.distributed.checkpoint:
+        it fills this module's ShardedTensors, which share storage with the parameters.
+        """
+        missing: List[str] = []
+        expected = {f"embedding_bags.{t}.weight" for t in self._table_names}
+        unexpected = [k for k in state_dict if k not in expected]
+        for t in self._table_names:
+            key = f"embedding_bags.{t}.weight"
+            if key not in state_dict:
+                missing.append(key)
+                continue
+            src = state_dict[key]
+            for param, meta in self._ext_shards[t]:
+                param.copy_(_slice_for(src, meta, param, t))
+        if strict and (missing or unexpected):
+            raise RuntimeError(f"{type(self).__name__}: missing keys {missing}, unexpected keys {unexpected}")
+        return _IncompatibleKeys(missing_keys=missing, unexpected_keys=unexpected)
+
+    # --- input validation, with the table's name, before ids leave this rank ---
+    def input_dist(self, ctx, features):
+        check_kjt(type(self).__name__, features)
+        keys = features.keys()
+        for cfg in self._embedding_bag_configs:
+            for f in cfg.feature_names:
+                if f in keys:
+                    check_ids(cfg.name, features[f].values(), *cfg.id_bounds())
+        return super().input_dist(ctx, features)
+
+
+def _slice_for(src: Any, meta: Any, param: torch.Tensor, table: str) -> torch.Tensor:
+    if meta is None:  # data-parallel: the whole table
+        full = src if not isinstance(src, ShardedTensor) else None
+        if full is None:
+            raise ValueError(f"table '{table}': cannot load a ShardedTensor into a data-parallel table")
+        return full
+    r, c = meta.shard_offsets
+    rs, cs = meta.shard_sizes
+    if isinstance(src, ShardedTensor):
+        for s in src.local_shards():
+            if list(s.metadata.shard_offsets) == [r, c] and list(s.metadata.shard_sizes) == [rs, cs]:
+                return s.tensor
+        raise ValueError(
+            f"table '{table}': the ShardedTensor was written under another plan; load it with "
+            "torch.distributed.checkpoint, or load a full tensor"
+        )
+    if tuple(src.shape[:1]) and (src.shape[0] < r + rs or src.shape[1] < c + cs):
+        raise ValueError(f"table '{table}': tensor of shape {tuple(src.shape)} is smaller than the table")
+    return src[r:r + rs, c:c + cs]

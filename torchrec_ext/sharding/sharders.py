@@ -1,0 +1,94 @@
+"""Sharders that let DMP and the planner place torchrec_ext collections."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Type
+
+from torch import nn
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.sharding_plan import get_default_sharders
+from torchrec.distributed.types import ModuleSharder, ShardingType
+
+from torchrec_ext.modules.hashed_embedding_bag import HashedEmbeddingBagCollection
+from torchrec_ext.sharding.fused_optim import optimizer_kind
+from torchrec_ext.sharding.sharded_collection import ShardedExtEmbeddingBagCollection
+
+EXT_SHARDING_TYPES = [
+    ShardingType.TABLE_WISE.value,
+    ShardingType.ROW_WISE.value,
+    ShardingType.COLUMN_WISE.value,
+    ShardingType.DATA_PARALLEL.value,
+]
+
+
+class ExtEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
+    """Base sharder of torchrec_ext collections (TW, RW, CW, DP on CPU and CUDA)."""
+
+    module_cls: Type[nn.Module] = nn.Module
+
+    def __init__(self, fused_params: Optional[Dict[str, Any]] = None, **kwargs: Any) -> None:
+        optimizer_kind(fused_params, type(self).__name__)  # fail early on an unsupported optimizer
+        super().__init__(fused_params=fused_params, **kwargs)
+
+    def shard(self, module, params, env, device=None, module_fqn=None):
+        return ShardedExtEmbeddingBagCollection(
+            module=module,
+            table_name_to_parameter_sharding=params,
+            env=env,
+            fused_params=self.fused_params,
+            device=device,
+            qcomm_codecs_registry=self.qcomm_codecs_registry,
+            module_fqn=module_fqn,
+        )
+
+    def shardable_parameters(self, module) -> Dict[str, nn.Parameter]:
+        return {t.name: module.embedding_bags[t.name].weight for t in module.embedding_bag_configs()}
+
+    def sharding_types(self, compute_device_type: str) -> List[str]:
+        return list(EXT_SHARDING_TYPES)
+
+    def compute_kernels(self, sharding_type: str, compute_device_type: str) -> List[str]:
+        if sharding_type == ShardingType.DATA_PARALLEL.value:
+            return [EmbeddingComputeKernel.DENSE.value]
+        return [EmbeddingComputeKernel.CUSTOMIZED_KERNEL.value]
+
+    @property
+    def module_type(self) -> Type[nn.Module]:
+        return self.module_cls
+
+    @property
+    def sharded_module_type(self):
+        return ShardedExtEmbeddingBagCollection
+
+
+class HashedEmbeddingBagCollectionSharder(ExtEmbeddingBagCollectionSharder):
+    module_cls = HashedEmbeddingBagCollection
+
+
+class RowWiseCpuEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
+    """TorchRec's EBC sharder, also offering row-wise on CPU (TorchRec's RW runs on gloo)."""
+
+    def sharding_types(self, compute_device_type: str) -> List[str]:
+        types = super().sharding_types(compute_device_type)
+        if compute_device_type == "cpu" and ShardingType.ROW_WISE.value not in types:
+            types.append(ShardingType.ROW_WISE.value)
+        return types
+
+
+def project_sharders(fused_params: Optional[Dict[str, Any]] = None) -> List[ModuleSharder[nn.Module]]:
+    return [HashedEmbeddingBagCollectionSharder(fused_params=fused_params)]
+
+
+def get_sharders(fused_params: Optional[Dict[str, Any]] = None) -> List[ModuleSharder[nn.Module]]:
+    """TorchRec's default sharders plus torchrec_ext's, ready for DMP and the planner.
+
+    `fused_params` (an FBGEMM `EmbOptimType` under "optimizer", "learning_rate", ...)
+    configure the fused optimizer of TorchRec's EBC and of every torchrec_ext table.
+    """
+    sharders: List[ModuleSharder[nn.Module]] = []
+    for s in get_default_sharders():
+        if type(s) is EmbeddingBagCollectionSharder:
+            s = RowWiseCpuEmbeddingBagCollectionSharder(fused_params=fused_params)
+        sharders.append(s)
+    return sharders + project_sharders(fused_params)
