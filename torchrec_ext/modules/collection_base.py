@@ -129,7 +129,7 @@ class ExtEmbeddingBagCollection(EmbeddingBagCollectionInterface):
             weights = kjt.weights_or_none() if self._is_weighted else None
             out = self._pool_table(i, kjt.values(), kjt.offsets(), weights)  # [F*B, D]
             nf = len(config.feature_names)
-            pooled.append(out.view(nf, batch, -1).transpose(0, 1).reshape(batch, -1))
+            pooled.append(out.view(nf, batch, out.shape[1]).transpose(0, 1).reshape(batch, nf * out.shape[1]))
         values = torch.cat(pooled, dim=1) if pooled else torch.empty(batch, 0)
         return KeyedTensor(
             keys=self._embedding_names,

@@ -125,7 +125,8 @@ class ExtPooledEmbeddingKernel(nn.Module):
         for shard, kjt in zip(self.shards, features.split(self._feature_splits)):
             w = kjt.weights_or_none() if weights_on else None
             out = shard(kjt.values().long(), kjt.offsets().long(), w.float() if w is not None else None, self._fused)
-            outs.append(out.view(shard.num_features, batch, -1).transpose(0, 1).reshape(batch, -1))
+            nf = shard.num_features
+            outs.append(out.view(nf, batch, out.shape[1]).transpose(0, 1).reshape(batch, nf * out.shape[1]))
         return torch.cat(outs, dim=1)
 
     def local_shards(self) -> Iterator[Tuple[str, nn.Parameter, Optional[ShardMetadata]]]:
