@@ -3,7 +3,8 @@
 // Ids outside the shard are skipped (the Python layer rejects them first, with
 // the table's name), so a bad call never touches memory outside the buffer.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -149,7 +150,7 @@ at::Tensor hashed_bag_forward_cuda(const at::Tensor& weight, const at::Tensor& i
   if (B == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "hashed_bag_forward_cuda", [&] {
     forward_kernel<scalar_t><<<bag_grid(B), dim3(kWarp, kWarpsPerBlock), 0,
-                               at::cuda::getCurrentCUDAStream()>>>(
+                               c10::cuda::getCurrentCUDAStream()>>>(
         w.data_ptr<scalar_t>(), D, idx.data_ptr<int64_t>(), off.data_ptr<int64_t>(),
         psw ? psw->data_ptr<float>() : nullptr, B, pooling == 1, L, w.size(0) / slots,
         out.data_ptr<scalar_t>());
@@ -180,7 +181,7 @@ std::tuple<at::Tensor, at::Tensor> hashed_bag_backward_cuda(
   auto gpsw = psw_grad ? at::zeros({indices.numel()}, w.options().dtype(at::kFloat))
                        : at::empty({0}, w.options().dtype(at::kFloat));
   if (B == 0) return {gw, gpsw};
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "hashed_bag_backward_cuda", [&] {
     backward_kernel<scalar_t><<<bag_grid(B), dim3(kWarp, kWarpsPerBlock), 0, stream>>>(
         go.data_ptr<scalar_t>(), D, idx.data_ptr<int64_t>(), off.data_ptr<int64_t>(),
@@ -207,7 +208,7 @@ at::Tensor coord_uniform_cuda(at::Tensor& weight, int64_t row_offset, int64_t co
   // Draw in fp32 and cast, so low-precision tables get the same values as fp32 ones.
   auto tmp = weight.scalar_type() == at::kFloat ? weight : at::empty_like(weight, weight.options().dtype(at::kFloat));
   coord_uniform_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0,
-                         at::cuda::getCurrentCUDAStream()>>>(
+                         c10::cuda::getCurrentCUDAStream()>>>(
       tmp.data_ptr<float>(), weight.size(0), weight.size(1), row_offset, col_offset, seed, low, high);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (!tmp.is_same(weight)) weight.copy_(tmp);

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# One-command GPU check, for a machine with a CUDA GPU and a CUDA build of torch:
+# builds the CUDA ops and runs the kernel tests on the GPU.
+# The lent GPU machines have torch but no torchrec/fbgemm-gpu (the CUDA fbgemm wheel is
+# too large to carry), so this uses the machine's own python and installs only what the
+# op tests need; torchrec is installed with --no-deps when its wheel is available.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+"$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())"
+"$PY" -m pip install -q numpy pytest ninja 2>/dev/null || true
+"$PY" -c "from torchrec_ext.ops import _native; _native.load(); print('built', _native.build_dir())"
+"$PY" -m pytest -q tests/test_hashed_ops.py -k cuda "$@"
