@@ -183,31 +183,27 @@ def equivalence(rank, world_size, sharding_type, optimizer):
             torch.testing.assert_close(full, ref.hashed.embedding_bags.h_block.weight.detach(), atol=1e-5, rtol=1e-5)
 
 
-def tw_sgd(rank, world_size, **_):
-    equivalence(rank, world_size, ShardingType.TABLE_WISE.value, "sgd")
+# name -> (sharding type, optimizer); each becomes a scenario function of this module
+_EQUIVALENCE_CASES = {
+    "tw_sgd": (ShardingType.TABLE_WISE.value, "sgd"),
+    "rw_sgd": (ShardingType.ROW_WISE.value, "sgd"),
+    "cw_sgd": (ShardingType.COLUMN_WISE.value, "sgd"),
+    "dp_sgd": (ShardingType.DATA_PARALLEL.value, "sgd"),
+    "tw_rowwise_adagrad": (ShardingType.TABLE_WISE.value, "rowwise_adagrad"),
+    "rw_rowwise_adagrad": (ShardingType.ROW_WISE.value, "rowwise_adagrad"),
+}
 
 
-def rw_sgd(rank, world_size, **_):
-    equivalence(rank, world_size, ShardingType.ROW_WISE.value, "sgd")
+def _equivalence_scenario(sharding_type, optimizer):
+    def scenario(rank, world_size, **_):
+        equivalence(rank, world_size, sharding_type, optimizer)
+    return scenario
 
 
-def cw_sgd(rank, world_size, **_):
-    equivalence(rank, world_size, ShardingType.COLUMN_WISE.value, "sgd")
+for _name, _case in _EQUIVALENCE_CASES.items():
+    globals()[_name] = _equivalence_scenario(*_case)
 
-
-def dp_sgd(rank, world_size, **_):
-    equivalence(rank, world_size, ShardingType.DATA_PARALLEL.value, "sgd")
-
-
-def tw_rowwise_adagrad(rank, world_size, **_):
-    equivalence(rank, world_size, ShardingType.TABLE_WISE.value, "rowwise_adagrad")
-
-
-def rw_rowwise_adagrad(rank, world_size, **_):
-    equivalence(rank, world_size, ShardingType.ROW_WISE.value, "rowwise_adagrad")
-
-
-EQUIVALENCE = ["tw_sgd", "rw_sgd", "cw_sgd", "dp_sgd", "tw_rowwise_adagrad", "rw_rowwise_adagrad"]
+EQUIVALENCE = list(_EQUIVALENCE_CASES)
 
 
 def _trained_reference(world_size):
