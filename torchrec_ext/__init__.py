@@ -1,8 +1,20 @@
-"""torchrec_ext: embedding tables TorchRec does not have, planned and sharded by TorchRec."""
+"""torchrec_ext: embedding tables TorchRec does not have, planned and sharded by TorchRec.
 
-from torchrec_ext.modules.hashed_embedding_bag import (  # noqa: F401
-    HashedEmbeddingBagCollection,
-    HashedEmbeddingBagConfig,
-)
+The collections are imported lazily, so `torchrec_ext.ops` (the native ops alone) loads
+on machines that have torch but not torchrec/fbgemm (e.g. the GPU check).
+"""
 
-__all__ = ["HashedEmbeddingBagConfig", "HashedEmbeddingBagCollection"]
+_EXPORTS = {
+    "HashedEmbeddingBagConfig": "torchrec_ext.modules.hashed_embedding_bag",
+    "HashedEmbeddingBagCollection": "torchrec_ext.modules.hashed_embedding_bag",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'torchrec_ext' has no attribute {name!r}")
