@@ -68,6 +68,12 @@ def check_kjt(name: str, features: KeyedJaggedTensor) -> None:
             raise ValueError(f"{name}: {w.numel()} weights for {values.numel()} ids")
 
 
+def bags_to_batch_major(pooled: torch.Tensor, num_features: int, batch: int) -> torch.Tensor:
+    """[F*B, D] pooled bags (feature-major, as in a KJT) -> [B, F*D], TorchRec's layout."""
+    dim = pooled.shape[1]
+    return pooled.view(num_features, batch, dim).transpose(0, 1).reshape(batch, num_features * dim)
+
+
 class ExtEmbeddingBagCollection(EmbeddingBagCollectionInterface):
     """Base of the drop-in collections: (tables, is_weighted=False, device=None)."""
 
@@ -127,9 +133,8 @@ class ExtEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         pooled = []
         for i, (config, kjt) in enumerate(zip(self._embedding_bag_configs, per_table)):
             weights = kjt.weights_or_none() if self._is_weighted else None
-            out = self._pool_table(i, kjt.values(), kjt.offsets(), weights)  # [F*B, D]
-            nf = len(config.feature_names)
-            pooled.append(out.view(nf, batch, out.shape[1]).transpose(0, 1).reshape(batch, nf * out.shape[1]))
+            out = self._pool_table(i, kjt.values(), kjt.offsets(), weights)
+            pooled.append(bags_to_batch_major(out, len(config.feature_names), batch))
         values = torch.cat(pooled, dim=1) if pooled else torch.empty(batch, 0)
         return KeyedTensor(
             keys=self._embedding_names,

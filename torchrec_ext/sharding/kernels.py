@@ -19,6 +19,7 @@ from torchrec.modules.embedding_configs import PoolingType
 from torchrec.optim.fused import FusedOptimizerModule
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from torchrec_ext.modules.collection_base import bags_to_batch_major
 from torchrec_ext.sharding.fused_optim import ExtFusedOptimizer
 
 # Key under which a table's torchrec_ext config rides in its per-table fused_params.
@@ -125,17 +126,12 @@ class ExtPooledEmbeddingKernel(nn.Module):
         for shard, kjt in zip(self.shards, features.split(self._feature_splits)):
             w = kjt.weights_or_none() if weights_on else None
             out = shard(kjt.values().long(), kjt.offsets().long(), w.float() if w is not None else None, self._fused)
-            nf = shard.num_features
-            outs.append(out.view(nf, batch, out.shape[1]).transpose(0, 1).reshape(batch, nf * out.shape[1]))
+            outs.append(bags_to_batch_major(out, shard.num_features, batch))
         return torch.cat(outs, dim=1)
 
     def local_shards(self) -> Iterator[Tuple[str, nn.Parameter, Optional[ShardMetadata]]]:
         for s in self.shards:
             yield s.table_name, s.weight, s.metadata
-
-    def reset_parameters(self) -> None:
-        for s in self.shards:
-            s.reset_parameters()
 
     # TorchRec calls these on every lookup kernel around checkpoints.
     def flush(self) -> None:
@@ -145,8 +141,8 @@ class ExtPooledEmbeddingKernel(nn.Module):
         pass
 
     def named_parameters_by_table(self) -> Iterator[Tuple[str, nn.Parameter]]:
-        for s in self.shards:
-            yield s.table_name, s.weight
+        for name, weight, _ in self.local_shards():
+            yield name, weight
 
 
 class ExtFusedPooledEmbeddingKernel(ExtPooledEmbeddingKernel, FusedOptimizerModule):

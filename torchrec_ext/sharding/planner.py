@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Dict, List, Optional
 
 from torch import nn

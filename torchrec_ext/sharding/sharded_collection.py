@@ -133,7 +133,7 @@ class ShardedExtEmbeddingBagCollection(ShardedEmbeddingBagCollection):
                 continue
             src = state_dict[key]
             for param, meta in self._ext_shards[t]:
-                param.copy_(_slice_for(src, meta, param, t))
+                param.copy_(_slice_for(src, meta, t))
         if strict and (missing or unexpected):
             raise RuntimeError(f"{type(self).__name__}: missing keys {missing}, unexpected keys {unexpected}")
         return _IncompatibleKeys(missing_keys=missing, unexpected_keys=unexpected)
@@ -149,12 +149,12 @@ class ShardedExtEmbeddingBagCollection(ShardedEmbeddingBagCollection):
         return super().input_dist(ctx, features)
 
 
-def _slice_for(src: Any, meta: Any, param: torch.Tensor, table: str) -> torch.Tensor:
+def _slice_for(src: Any, meta: Any, table: str) -> torch.Tensor:
+    """The part of a loaded value that the local shard described by `meta` holds."""
     if meta is None:  # data-parallel: the whole table
-        full = src if not isinstance(src, ShardedTensor) else None
-        if full is None:
+        if isinstance(src, ShardedTensor):
             raise ValueError(f"table '{table}': cannot load a ShardedTensor into a data-parallel table")
-        return full
+        return src
     r, c = meta.shard_offsets
     rs, cs = meta.shard_sizes
     if isinstance(src, ShardedTensor):
@@ -165,6 +165,6 @@ def _slice_for(src: Any, meta: Any, param: torch.Tensor, table: str) -> torch.Te
             f"table '{table}': the ShardedTensor was written under another plan; load it with "
             "torch.distributed.checkpoint, or load a full tensor"
         )
-    if tuple(src.shape[:1]) and (src.shape[0] < r + rs or src.shape[1] < c + cs):
+    if src.dim() != 2 or src.shape[0] < r + rs or src.shape[1] < c + cs:
         raise ValueError(f"table '{table}': tensor of shape {tuple(src.shape)} is smaller than the table")
     return src[r:r + rs, c:c + cs]

@@ -34,41 +34,32 @@ class ExtGroupedPooledEmbeddingsLookup(GroupedPooledEmbeddingsLookup):
         return super()._create_embedding_kernel(config, device, pg, sharding_type, env)
 
 
-def _lookup(sharding, device, feature_processor, sharding_type=None, pg=None, scale=True):
-    return ExtGroupedPooledEmbeddingsLookup(
-        grouped_configs=sharding._grouped_embedding_configs,
-        pg=pg if pg is not None else sharding._pg,
-        device=device if device is not None else sharding._device,
-        feature_processor=feature_processor,
-        scale_weight_gradients=scale,
-        sharding_type=sharding_type,
-        env=sharding._env,
-    )
+def _with_ext_lookup(base, name: str, **lookup_kwargs):
+    """`base` strategy whose lookup runs torchrec_ext kernels (TorchRec's kwargs otherwise)."""
 
-
-class ExtTwPooledEmbeddingSharding(TwPooledEmbeddingSharding):
     def create_lookup(self, device: Optional[torch.device] = None,
                       fused_params: Optional[Dict[str, Any]] = None, feature_processor=None):
-        return _lookup(self, device, feature_processor)
+        return ExtGroupedPooledEmbeddingsLookup(
+            grouped_configs=self._grouped_embedding_configs,
+            pg=getattr(self, "_pg", self._env.process_group),  # DP strategies keep only the env
+            device=device if device is not None else self._device,
+            feature_processor=feature_processor,
+            env=self._env,
+            **lookup_kwargs,
+        )
+
+    return type(name, (base,), {"create_lookup": create_lookup, "__module__": __name__})
 
 
-class ExtRwPooledEmbeddingSharding(RwPooledEmbeddingSharding):
-    def create_lookup(self, device: Optional[torch.device] = None,
-                      fused_params: Optional[Dict[str, Any]] = None, feature_processor=None):
-        return _lookup(self, device, feature_processor, sharding_type=ShardingType.ROW_WISE)
-
-
-class ExtCwPooledEmbeddingSharding(CwPooledEmbeddingSharding):
-    def create_lookup(self, device: Optional[torch.device] = None,
-                      fused_params: Optional[Dict[str, Any]] = None, feature_processor=None):
-        return _lookup(self, device, feature_processor)
-
-
-class ExtDpPooledEmbeddingSharding(DpPooledEmbeddingSharding):
-    def create_lookup(self, device: Optional[torch.device] = None,
-                      fused_params: Optional[Dict[str, Any]] = None, feature_processor=None):
-        # DP weights are trained by the dense optimizer; DDP averages their gradients.
-        return _lookup(self, device, feature_processor, pg=self._env.process_group, scale=False)
+ExtTwPooledEmbeddingSharding = _with_ext_lookup(TwPooledEmbeddingSharding, "ExtTwPooledEmbeddingSharding")
+ExtRwPooledEmbeddingSharding = _with_ext_lookup(
+    RwPooledEmbeddingSharding, "ExtRwPooledEmbeddingSharding", sharding_type=ShardingType.ROW_WISE
+)
+ExtCwPooledEmbeddingSharding = _with_ext_lookup(CwPooledEmbeddingSharding, "ExtCwPooledEmbeddingSharding")
+# DP weights are trained by the dense optimizer; DDP averages their gradients.
+ExtDpPooledEmbeddingSharding = _with_ext_lookup(
+    DpPooledEmbeddingSharding, "ExtDpPooledEmbeddingSharding", scale_weight_gradients=False
+)
 
 
 SHARDING_CLASSES = {
