@@ -12,7 +12,6 @@ import json
 import os
 import socket
 import traceback
-from typing import Callable, Dict, List
 
 import torch.distributed as dist
 import torch.multiprocessing as mp

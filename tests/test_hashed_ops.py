@@ -1,15 +1,12 @@
 """Hashed-table kernels against the independent reference in hashed_reference.py."""
 
-import numpy as np
 import pytest
 import torch
 
 import hashed_reference as ref
+from batches import DEVICES, make_batch
 from torchrec_ext import HashedEmbeddingBagConfig
 from torchrec_ext.ops import coord_uniform_, hashed_bag
-
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA device"))]
 
 CASES = [
     dict(mode="element", signed=False),
@@ -17,18 +14,6 @@ CASES = [
     dict(mode="block", signed=False),
     dict(mode="block", signed=True, chunk_size=4),
 ]
-
-
-def make_batch(n, B, max_len, seed, repeat=True):
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(0, max_len + 1, (B,), generator=g)
-    lengths[0] = 0  # always one empty bag
-    ids = torch.randint(0, n, (int(lengths.sum()),), generator=g)
-    if repeat and ids.numel() > 3:
-        ids[1] = ids[0]  # a repeated id inside a bag
-    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
-    psw = torch.rand(ids.numel(), generator=g, dtype=torch.float64) + 0.5
-    return ids, offsets, psw
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))

@@ -1,7 +1,6 @@
 """The planner charges hashed tables their real bytes and plans what only they make fit."""
 
 import pytest
-import torch
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
 from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig

@@ -7,6 +7,8 @@ on machines that have torch but not torchrec/fbgemm (e.g. the GPU check).
 _EXPORTS = {
     "HashedEmbeddingBagConfig": "torchrec_ext.modules.hashed_embedding_bag",
     "HashedEmbeddingBagCollection": "torchrec_ext.modules.hashed_embedding_bag",
+    "QREmbeddingBagConfig": "torchrec_ext.modules.qr_embedding_bag",
+    "QREmbeddingBagCollection": "torchrec_ext.modules.qr_embedding_bag",
 }
 
 __all__ = list(_EXPORTS)

@@ -22,4 +22,21 @@ TORCH_LIBRARY(torchrec_ext, m) {
   m.def(
       "coord_uniform_(Tensor(a!) weight, int row_offset, int col_offset, int seed, "
       "float low, float high) -> Tensor(a!)");
+
+  // QR / compositional tables (see qr_layout.h). `op`: 0 = mult, 1 = add,
+  // 2 = concat. One weight per partition piece this shard holds; partition p maps
+  // global id x (= index + id_offset) to row (x / divisors[p]) % moduli[p]
+  // (moduli 0: no modulo) minus row_starts[p]; out_cols[p] is where its columns
+  // land in the output (concat).
+  m.def(
+      "qr_bag_forward(Tensor[] weights, Tensor indices, Tensor offsets, "
+      "Tensor? per_sample_weights, int pooling, int op, int[] divisors, int[] moduli, "
+      "int[] row_starts, int[] out_cols, int id_offset, int out_dim) -> Tensor");
+  // Returns, per partition, the (sorted, unique) local rows the batch touched and
+  // their gradient rows, then the per-sample-weight gradient (or empty).
+  m.def(
+      "qr_bag_backward(Tensor grad_output, Tensor[] weights, Tensor indices, Tensor offsets, "
+      "Tensor? per_sample_weights, int pooling, int op, int[] divisors, int[] moduli, "
+      "int[] row_starts, int[] out_cols, int id_offset, bool psw_grad) "
+      "-> (Tensor[], Tensor[], Tensor)");
 }

@@ -1,6 +1,7 @@
 """What every torchrec_ext collection shares: TorchRec's EBC contract around per-table lookups.
 
-A subclass says how one table pools its bags (`_pool_table`); this base validates the
+Each table's config says what state it holds and how it pools (the table-kind protocol,
+`table_kind.py`); this base creates that state as parameters, validates the
 KeyedJaggedTensor, routes each table's features to it, and assembles the KeyedTensor in
 exactly the key order `torchrec.EmbeddingBagCollection` uses.
 """
@@ -11,6 +12,7 @@ from typing import List, Optional, Sequence
 
 import torch
 from torch import nn
+from torchrec.distributed.types import ShardingType
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import (
     EmbeddingBagCollectionInterface,
@@ -75,7 +77,12 @@ def bags_to_batch_major(pooled: torch.Tensor, num_features: int, batch: int) -> 
 
 
 class ExtEmbeddingBagCollection(EmbeddingBagCollectionInterface):
-    """Base of the drop-in collections: (tables, is_weighted=False, device=None)."""
+    """Base of the drop-in collections: (tables, is_weighted=False, device=None).
+
+    `embedding_bags[<table>].<state name>` holds each of a table's state tensors whole.
+    """
+
+    config_type: type = EmbeddingBagConfig
 
     def __init__(
         self,
@@ -85,6 +92,9 @@ class ExtEmbeddingBagCollection(EmbeddingBagCollectionInterface):
     ) -> None:
         super().__init__()
         torch._C._log_api_usage_once(f"torchrec_ext.{type(self).__name__}")
+        for t in tables:
+            if not isinstance(t, self.config_type):
+                raise TypeError(f"{type(self).__name__}: table '{t.name}' needs a {self.config_type.__name__}")
         self._embedding_bag_configs: List[EmbeddingBagConfig] = list(tables)
         self._is_weighted = is_weighted
         self._device = torch.device(device) if device is not None else torch.device("cpu")
@@ -109,6 +119,31 @@ class ExtEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         ]
         self._feature_names: List[str] = [f for t in tables for f in t.feature_names]
         self._feature_splits: List[int] = [len(t.feature_names) for t in tables]
+        self._pooling = [pooling_code(t) for t in tables]
+        # The unsharded table is one shard holding every piece of its state.
+        self.embedding_bags = nn.ModuleDict()
+        self._pieces = []
+        self._layouts = []
+        for t in tables:
+            full = t.parameter_shape()
+            pieces = t.state_pieces(ShardingType.TABLE_WISE.value, (0, 0), full)
+            holder = nn.Module()
+            for pc in pieces:
+                holder.register_parameter(pc.name, nn.Parameter(torch.empty(pc.sizes, device=self._device)))
+            self.embedding_bags[t.name] = holder
+            self._pieces.append(pieces)
+            self._layouts.append(t.make_shard_state(pieces, (0, 0), full))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for t, pieces in zip(self._embedding_bag_configs, self._pieces):
+            for pc in pieces:
+                t.init_piece_(getattr(self.embedding_bags[t.name], pc.name).data, pc)
+
+    def table_weights(self, name: str) -> List[nn.Parameter]:
+        """A table's state tensors, in the order its kernels take them."""
+        i = [t.name for t in self._embedding_bag_configs].index(name)
+        return [getattr(self.embedding_bags[name], pc.name) for pc in self._pieces[i]]
 
     # --- EmbeddingBagCollectionInterface ---
     def embedding_bag_configs(self) -> List[EmbeddingBagConfig]:
@@ -142,18 +177,15 @@ class ExtEmbeddingBagCollection(EmbeddingBagCollectionInterface):
             values=values,
         )
 
-    def _pool_table(
-        self,
-        index: int,
-        values: torch.Tensor,
-        offsets: torch.Tensor,
-        weights: Optional[torch.Tensor],
-    ) -> torch.Tensor:
-        raise NotImplementedError
-
-
-def table_module(weight: nn.Parameter) -> nn.Module:
-    """A holder so state_dict keys read `embedding_bags.<table>.weight`, as in TorchRec."""
-    m = nn.Module()
-    m.register_parameter("weight", weight)
-    return m
+    def _pool_table(self, index: int, values: torch.Tensor, offsets: torch.Tensor,
+                    weights: Optional[torch.Tensor]) -> torch.Tensor:
+        config = self._embedding_bag_configs[index]
+        check_ids(config.name, values, *config.id_bounds())
+        return config.pool_shard(
+            self._layouts[index],
+            self.table_weights(config.name),
+            values.long(),
+            offsets.long(),
+            weights.float() if weights is not None else None,
+            self._pooling[index],
+        )

@@ -16,18 +16,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
 import torch
-from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
-from torchrec_ext.modules.collection_base import (
-    ExtEmbeddingBagCollection,
-    check_ids,
-    pooling_code,
-    table_module,
-)
+from torchrec_ext.modules.collection_base import ExtEmbeddingBagCollection
+from torchrec_ext.modules.table_kind import StatePiece
 from torchrec_ext.ops import HashedShardLayout, coord_uniform_, hashed_bag, hashed_bag_backward
 
 MODES = {"element": 0, "block": 1}
@@ -127,12 +122,13 @@ class HashedEmbeddingBagConfig(EmbeddingBagConfig):
             signed=self.signed,
         )
 
-    # --- the table-kind protocol that torchrec_ext's sharded kernels and planner use ---
+    # --- the table-kind protocol (torchrec_ext/modules/table_kind.py) ---
     def parameter_shape(self) -> tuple:
         return (self.buffer_rows, self.embedding_dim)
 
-    def sharding_id_space(self) -> int:
-        return self.virtual_rows
+    def rw_id_space(self, block_rows: int, world_size: int) -> int:
+        # A row-wise block of whole regions serves exactly those regions' ids.
+        return (block_rows // self.slots) * self.rows_per_region * world_size
 
     def id_bounds(self) -> tuple:
         return (0, self.num_embeddings)
@@ -144,19 +140,36 @@ class HashedEmbeddingBagConfig(EmbeddingBagConfig):
     def col_shard_unit(self) -> int:
         return self.chunk
 
+    def unsupported_sharding(self, sharding_type: str) -> Optional[str]:
+        return None
+
+    def state_names(self) -> List[str]:
+        return ["weight"]
+
+    def state_shape(self, name: str) -> tuple:
+        return self.parameter_shape()
+
+    def state_pieces(self, sharding_type: str, offsets, sizes) -> List[StatePiece]:
+        return [StatePiece("weight", tuple(offsets), tuple(sizes))]
+
     def init_shard_(self, weight: torch.Tensor, row_offset: int = 0, col_offset: int = 0) -> torch.Tensor:
         low, high = self.init_bounds()
         return coord_uniform_(weight, row_offset, col_offset, self.seed, low, high)
 
-    def make_shard_state(self, row_offset: int, col_offset: int, rows: int, cols: int) -> HashedShardLayout:
-        return self.shard_layout(row_offset, col_offset)
+    def init_piece_(self, weight: torch.Tensor, piece: StatePiece) -> torch.Tensor:
+        return self.init_shard_(weight, *piece.offsets)
 
-    def pool_shard(self, layout, weight, values, offsets, weights, pooling: int) -> torch.Tensor:
-        return hashed_bag(weight, values, offsets, weights, pooling, layout)
+    def make_shard_state(self, pieces, offsets, sizes) -> HashedShardLayout:
+        return self.shard_layout(*offsets)
 
-    def backward_shard(self, layout, grad, weight, values, offsets, weights, pooling: int, need_weights_grad: bool):
-        gw, gpsw = hashed_bag_backward(grad, weight, values, offsets, weights, pooling, layout, need_weights_grad)
-        return gw, (gpsw if need_weights_grad else None)
+    def pool_shard(self, layout, weights, values, offsets, per_sample_weights, pooling: int) -> torch.Tensor:
+        return hashed_bag(weights[0], values, offsets, per_sample_weights, pooling, layout)
+
+    def backward_shard(self, layout, grad, weights, values, offsets, per_sample_weights, pooling: int,
+                       need_weights_grad: bool):
+        gw, gpsw = hashed_bag_backward(grad, weights[0], values, offsets, per_sample_weights, pooling,
+                                       layout, need_weights_grad)
+        return [(None, gw)], (gpsw if need_weights_grad else None)
 
 
 class HashedEmbeddingBagCollection(ExtEmbeddingBagCollection):
@@ -167,37 +180,4 @@ class HashedEmbeddingBagCollection(ExtEmbeddingBagCollection):
     `torchrec_ext.sharding.get_sharders()` for fused optimizers.
     """
 
-    def __init__(
-        self,
-        tables: Sequence[HashedEmbeddingBagConfig],
-        is_weighted: bool = False,
-        device: Optional[torch.device] = None,
-    ) -> None:
-        for t in tables:
-            if not isinstance(t, HashedEmbeddingBagConfig):
-                raise TypeError(f"HashedEmbeddingBagCollection: table '{t.name}' needs a HashedEmbeddingBagConfig")
-        super().__init__(tables, is_weighted, device)
-        self.embedding_bags = nn.ModuleDict()
-        self._layouts: List[HashedShardLayout] = []
-        for t in tables:
-            w = nn.Parameter(torch.empty(t.buffer_rows, t.embedding_dim, device=self._device))
-            t.init_shard_(w.data)
-            self.embedding_bags[t.name] = table_module(w)
-            self._layouts.append(t.shard_layout())
-        self._pooling = [pooling_code(t) for t in tables]
-
-    def reset_parameters(self) -> None:
-        for t in self._embedding_bag_configs:
-            t.init_shard_(self.embedding_bags[t.name].weight.data)
-
-    def _pool_table(self, index, values, offsets, weights):
-        config = self._embedding_bag_configs[index]
-        check_ids(config.name, values, *config.id_bounds())
-        return config.pool_shard(
-            self._layouts[index],
-            self.embedding_bags[config.name].weight,
-            values.long(),
-            offsets.long(),
-            weights.float() if weights is not None else None,
-            self._pooling[index],
-        )
+    config_type = HashedEmbeddingBagConfig

@@ -6,3 +6,4 @@ from torchrec_ext.ops.hashed import (  # noqa: F401
     hashed_bag,
     hashed_bag_backward,
 )
+from torchrec_ext.ops.qr import QRShardLayout, qr_bag, qr_bag_backward  # noqa: F401

@@ -4,8 +4,14 @@ from torchrec_ext.sharding.planner import make_planner  # noqa: F401
 from torchrec_ext.sharding.sharders import (  # noqa: F401
     ExtEmbeddingBagCollectionSharder,
     HashedEmbeddingBagCollectionSharder,
+    QREmbeddingBagCollectionSharder,
     RowWiseCpuEmbeddingBagCollectionSharder,
     get_sharders,
 )
 
-__all__ = ["get_sharders", "make_planner", "HashedEmbeddingBagCollectionSharder"]
+__all__ = [
+    "get_sharders",
+    "make_planner",
+    "HashedEmbeddingBagCollectionSharder",
+    "QREmbeddingBagCollectionSharder",
+]

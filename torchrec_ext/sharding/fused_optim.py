@@ -69,19 +69,35 @@ class ExtFusedOptimizer(FusedOptimizer):
         super().__init__(params, state, param_groups)
 
     @torch.no_grad()
-    def apply(self, param: torch.Tensor, grad: torch.Tensor) -> None:
-        """Applies one step to `param` with its (duplicate-summed) gradient."""
+    def apply(self, param: torch.Tensor, grad: torch.Tensor, rows: Optional[torch.Tensor] = None) -> None:
+        """One step for `param` with its (duplicate-summed) gradient.
+
+        rows: the unique rows that `grad` holds (sparse form); None for a dense gradient.
+        Untouched rows and their state are left alone either way.
+        """
         lr = self.param_groups[0]["lr"]
+        if rows is not None and rows.numel() == 0:
+            return
+        pick = (lambda t: t) if rows is None else (lambda t: t.index_select(0, rows))
         if self._kind == SGD:
-            param.add_(grad, alpha=-lr)
+            step = grad
         elif self._kind == ADAGRAD:
             s = self.state[param]["sum"]
-            s.addcmul_(grad, grad)
-            param.addcdiv_(grad, s.sqrt().add_(self._eps), value=-lr)
+            s_rows = pick(s).addcmul_(grad, grad) if rows is not None else s.addcmul_(grad, grad)
+            if rows is not None:
+                s.index_copy_(0, rows, s_rows)
+            step = grad / s_rows.sqrt().add_(self._eps)
         else:
             m = self.state[param]["momentum1"]
-            m.add_(grad.float().pow(2).mean(dim=1))
-            param.sub_(grad * (lr / (m.sqrt() + self._eps)).to(grad.dtype).unsqueeze(1))
+            g2 = grad.float().pow(2).mean(dim=1)
+            m_rows = pick(m).add_(g2) if rows is not None else m.add_(g2)
+            if rows is not None:
+                m.index_copy_(0, rows, m_rows)
+            step = grad * (1.0 / (m_rows.sqrt() + self._eps)).to(grad.dtype).unsqueeze(1)
+        if rows is None:
+            param.add_(step, alpha=-lr)
+        else:
+            param.index_add_(0, rows, step, alpha=-lr)
 
     def step(self, closure: Any = None) -> None:
         pass  # the update ran in backward

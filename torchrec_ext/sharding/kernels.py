@@ -8,9 +8,10 @@ shardings, updates the shards in the backward pass with a fused optimizer.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed._shard.metadata import ShardMetadata
 from torchrec.distributed.embedding_types import GroupedEmbeddingConfig, ShardedEmbeddingTable
@@ -20,6 +21,7 @@ from torchrec.optim.fused import FusedOptimizerModule
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_ext.modules.collection_base import bags_to_batch_major
+from torchrec_ext.modules.table_kind import StatePiece
 from torchrec_ext.sharding.fused_optim import ExtFusedOptimizer
 
 # Key under which a table's torchrec_ext config rides in its per-table fused_params.
@@ -40,53 +42,78 @@ class _FusedLookup(torch.autograd.Function):
     """Pooled lookup whose backward applies the fused optimizer to the shard in place."""
 
     @staticmethod
-    def forward(ctx, weight, shard, values, offsets, weights):
+    def forward(ctx, anchor, shard, values, offsets, weights):
         ctx.shard = shard
         ctx.save_for_backward(values, offsets, weights)
         ctx.has_weights = weights is not None
-        return shard.pool(weight.detach(), values, offsets, weights)
+        return shard.pool([w.detach() for w in shard.weights], values, offsets, weights)
 
     @staticmethod
     def backward(ctx, grad_output):
         values, offsets, weights = ctx.saved_tensors
         shard = ctx.shard
         need_w = ctx.has_weights and ctx.needs_input_grad[4]
-        grad_w, grad_psw = shard.backward(grad_output, values, offsets, weights if ctx.has_weights else None, need_w)
-        shard.optimizer.apply(shard.weight, grad_w)
+        grads, grad_psw = shard.backward(grad_output, values, offsets, weights if ctx.has_weights else None, need_w)
+        shard.apply_optimizer(grads)
         return None, None, None, None, grad_psw if need_w else None
 
 
 class LocalShard(nn.Module):
-    """One local shard of one table: its parameter, where it sits, how it pools."""
+    """One local shard of one table: its state pieces, where they sit, how they pool."""
 
-    def __init__(self, table: ShardedEmbeddingTable, pooling: int, device: torch.device):
+    def __init__(self, table: ShardedEmbeddingTable, pooling: int, device: torch.device,
+                 sharding_type: Optional[ShardingType], pg: Optional[dist.ProcessGroup] = None):
         super().__init__()
         self.config = ext_table_config(table)
         self.table_name = table.name
         self.metadata: Optional[ShardMetadata] = table.local_metadata
-        self.row_offset, self.col_offset = _offsets(table.local_metadata)
+        offsets = _offsets(table.local_metadata)
+        sizes = (table.local_rows, table.local_cols)
+        st = sharding_type.value if sharding_type is not None else ShardingType.DATA_PARALLEL.value
+        self.pieces: List[StatePiece] = self.config.state_pieces(st, offsets, sizes)
         self.num_features = table.num_features()
         self.pooling = pooling
-        self.weight = nn.Parameter(torch.empty(table.local_rows, table.local_cols, device=device))
+        self.pg = pg
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.empty(pc.sizes, device=device)) for pc in self.pieces
+        )
         self.optimizer: Optional[ExtFusedOptimizer] = None
-        self.state = self.config.make_shard_state(self.row_offset, self.col_offset, table.local_rows, table.local_cols)
+        self.state = self.config.make_shard_state(self.pieces, offsets, sizes)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        if self.weight.numel():
-            self.config.init_shard_(self.weight.data, self.row_offset, self.col_offset)
+        for w, pc in zip(self.weights, self.pieces):
+            if w.numel():
+                self.config.init_piece_(w.data, pc)
 
-    def pool(self, weight, values, offsets, weights) -> torch.Tensor:
-        return self.config.pool_shard(self.state, weight, values, offsets, weights, self.pooling)
+    def piece_metadata(self, piece: StatePiece) -> Optional[ShardMetadata]:
+        """Where a piece sits in its state tensor; None if every rank holds it whole."""
+        if self.metadata is None or piece.replicated:
+            return None
+        return ShardMetadata(shard_offsets=list(piece.offsets), shard_sizes=list(piece.sizes),
+                             placement=self.metadata.placement)
 
-    def backward(self, grad_output, values, offsets, weights, need_weights_grad):
-        return self.config.backward_shard(self.state, grad_output, self.weight.detach(), values,
-                                          offsets, weights, self.pooling, need_weights_grad)
+    def pool(self, weights, values, offsets, per_sample_weights) -> torch.Tensor:
+        return self.config.pool_shard(self.state, weights, values, offsets, per_sample_weights, self.pooling)
 
-    def forward(self, values, offsets, weights, fused: bool) -> torch.Tensor:
+    def backward(self, grad_output, values, offsets, per_sample_weights, need_weights_grad):
+        return self.config.backward_shard(self.state, grad_output, [w.detach() for w in self.weights],
+                                          values, offsets, per_sample_weights, self.pooling,
+                                          need_weights_grad)
+
+    def apply_optimizer(self, grads) -> None:
+        for w, pc, (rows, grad) in zip(self.weights, self.pieces, grads):
+            if pc.replicated and self.pg is not None and dist.get_world_size(self.pg) > 1:
+                # Every rank holds this piece: sum the ranks' gradients so replicas stay equal.
+                dense = grad if rows is None else torch.zeros_like(w).index_copy_(0, rows, grad)
+                dist.all_reduce(dense, group=self.pg)
+                rows, grad = None, dense
+            self.optimizer.apply(w, grad, rows)
+
+    def forward(self, values, offsets, per_sample_weights, fused: bool) -> torch.Tensor:
         if fused:
-            return _FusedLookup.apply(self.weight, self, values, offsets, weights)
-        return self.pool(self.weight, values, offsets, weights)
+            return _FusedLookup.apply(self.weights[0], self, values, offsets, per_sample_weights)
+        return self.pool(list(self.weights), values, offsets, per_sample_weights)
 
 
 class ExtPooledEmbeddingKernel(nn.Module):
@@ -103,6 +130,7 @@ class ExtPooledEmbeddingKernel(nn.Module):
         config: GroupedEmbeddingConfig,
         device: Optional[torch.device],
         sharding_type: Optional[ShardingType],
+        pg: Optional[dist.ProcessGroup] = None,
     ) -> None:
         super().__init__()
         self._config = config
@@ -110,7 +138,7 @@ class ExtPooledEmbeddingKernel(nn.Module):
         # TorchRec applies MEAN after the reduce-scatter for row-wise shards.
         sum_only = sharding_type in (ShardingType.ROW_WISE, ShardingType.TABLE_ROW_WISE)
         self.shards = nn.ModuleList(
-            LocalShard(t, 0 if (sum_only or t.pooling == PoolingType.SUM) else 1, device)
+            LocalShard(t, 0 if (sum_only or t.pooling == PoolingType.SUM) else 1, device, sharding_type, pg)
             for t in config.embedding_tables
         )
         self._feature_splits = [s.num_features for s in self.shards]
@@ -129,9 +157,11 @@ class ExtPooledEmbeddingKernel(nn.Module):
             outs.append(bags_to_batch_major(out, shard.num_features, batch))
         return torch.cat(outs, dim=1)
 
-    def local_shards(self) -> Iterator[Tuple[str, nn.Parameter, Optional[ShardMetadata]]]:
+    def local_shards(self) -> Iterator[Tuple[str, str, nn.Parameter, Optional[ShardMetadata]]]:
+        """(table, state name, local piece, its metadata or None if held whole by all ranks)."""
         for s in self.shards:
-            yield s.table_name, s.weight, s.metadata
+            for w, pc in zip(s.weights, s.pieces):
+                yield s.table_name, pc.name, w, s.piece_metadata(pc)
 
     # TorchRec calls these on every lookup kernel around checkpoints.
     def flush(self) -> None:
@@ -141,7 +171,7 @@ class ExtPooledEmbeddingKernel(nn.Module):
         pass
 
     def named_parameters_by_table(self) -> Iterator[Tuple[str, nn.Parameter]]:
-        for name, weight, _ in self.local_shards():
+        for name, _, weight, _ in self.local_shards():
             yield name, weight
 
 
@@ -150,19 +180,20 @@ class ExtFusedPooledEmbeddingKernel(ExtPooledEmbeddingKernel, FusedOptimizerModu
 
     _fused = True
 
-    def __init__(self, config, device, sharding_type) -> None:
-        super().__init__(config, device, sharding_type)
+    def __init__(self, config, device, sharding_type, pg=None) -> None:
+        super().__init__(config, device, sharding_type, pg)
         params: Dict[str, torch.Tensor] = {}
-        for s in self.shards:
-            key = f"{s.table_name}.weight"
+        for table, name, weight, _ in self.local_shards():
+            key = f"{table}.{name}"
             while key in params:  # several column shards of one table on this rank
                 key += "_cw"
-            params[key] = s.weight
+            params[key] = weight
         fused_params = dict(config.embedding_tables[0].fused_params or {})
         self._optim = ExtFusedOptimizer(params, fused_params, f"table '{config.embedding_tables[0].name}'")
         for s in self.shards:
             s.optimizer = self._optim
-            s.weight._in_backward_optimizers = [self._optim]  # as TorchRec marks fused weights
+            for w in s.weights:
+                w._in_backward_optimizers = [self._optim]  # as TorchRec marks fused weights
 
     @property
     def fused_optimizer(self) -> ExtFusedOptimizer:

@@ -1,7 +1,8 @@
 """Planner pieces that know torchrec_ext tables.
 
-* `ExtStorageEstimator` charges each table its real bytes: its parameter (a hashed
-  table's buffer, not num_embeddings x dim) plus the fused optimizer's state.
+* `ExtStorageEstimator` charges each shard its real bytes: the state pieces it holds (a
+  hashed table's buffer, a QR table's partition tables; not num_embeddings x dim)
+  plus the fused optimizer's state.
 * `ExtEnumerator` drops sharding options whose shards would cut a table's regions
   (e.g. row-wise over a world size that does not divide `row_regions`).
 * `make_planner` builds an `EmbeddingShardingPlanner` with both.
@@ -37,6 +38,7 @@ def _ext_config(option: ShardingOption):
 
 
 def optimizer_state_bytes(kind: str, rows: int, cols: int, elem_size: int) -> int:
+    """Bytes of the fused optimizer's state for a [rows, cols] piece."""
     if kind == ADAGRAD:
         return rows * cols * elem_size
     if kind == ROWWISE_ADAGRAD:
@@ -45,18 +47,29 @@ def optimizer_state_bytes(kind: str, rows: int, cols: int, elem_size: int) -> in
 
 
 class ExtStorageEstimator(EmbeddingStorageEstimator):
-    """TorchRec's storage estimate plus the fused optimizer state of torchrec_ext tables."""
+    """TorchRec's storage estimate with each torchrec_ext shard's real state and optimizer bytes.
+
+    TorchRec charges a shard rows x cols of the planner's view; a torchrec_ext shard holds
+    its state pieces instead (for a row-wise QR table: its rows of the sharded partition
+    plus a replica of the others), each with its fused optimizer state.
+    """
 
     def estimate(self, sharding_options: List[ShardingOption], sharder_data_map=None) -> None:
         super().estimate(sharding_options, sharder_data_map)
         for option in sharding_options:
-            if _ext_config(option) is None or option.sharding_type == ShardingType.DATA_PARALLEL.value:
-                continue  # DP tables train with the dense optimizer, charged by TorchRec
+            cfg = _ext_config(option)
+            if cfg is None:
+                continue
+            dp = option.sharding_type == ShardingType.DATA_PARALLEL.value
             fused = sharder_data_map[option.module_type_key].fused_params if sharder_data_map else {}
-            kind = optimizer_kind(fused, option.name)
+            # DP tables train with the dense optimizer, charged by TorchRec.
+            kind = None if dp else optimizer_kind(fused, option.name)
             elem = option.tensor.element_size()
             for shard in option.shards:
-                extra = optimizer_state_bytes(kind, shard.size[0], shard.size[1], elem)
+                pieces = cfg.state_pieces(option.sharding_type, shard.offset, shard.size)
+                extra = sum(p.numel for p in pieces) * elem - shard.size[0] * shard.size[1] * elem
+                if kind is not None:
+                    extra += sum(optimizer_state_bytes(kind, *p.sizes, elem) for p in pieces)
                 if self._topology.compute_device == "cuda":
                     shard.storage.hbm += extra
                 else:
@@ -104,7 +117,10 @@ class ExtEnumerator(EmbeddingEnumerator):
 
 
 def region_violation(cfg, option: ShardingOption) -> Optional[str]:
-    """Why this option's shards would cut the table's regions, or None."""
+    """Why this option cannot hold the table (its shards would cut regions...), or None."""
+    reason = cfg.unsupported_sharding(option.sharding_type)
+    if reason is not None:
+        return reason
     row_unit, col_unit = cfg.row_shard_unit(), cfg.col_shard_unit()
     for shard in option.shards:
         (r, c), (rs, cs) = shard.offset, shard.size

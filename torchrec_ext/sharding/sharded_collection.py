@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
 from torch import nn
 from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor
-from torch.distributed._shard.sharded_tensor.metadata import TensorProperties
+from torch.distributed._shard.metadata import ShardMetadata
+from torch.distributed._shard.sharded_tensor.metadata import ShardedTensorMetadata, TensorProperties
 from torch.nn.modules.module import _IncompatibleKeys
 from torchrec.distributed.embeddingbag import ShardedEmbeddingBagCollection
 from torchrec.distributed.sharding.dp_sharding import DpPooledEmbeddingSharding
@@ -38,24 +39,58 @@ class ExtTableRef:
     config: Any = field(compare=False, hash=False)
 
 
+def planner_view(module: nn.Module, table: str, cfg: Any) -> torch.Tensor:
+    """The tensor TorchRec plans for a table: its parameter when it has one of the view's
+    shape (hashed buffer), else a meta tensor of `parameter_shape()` (QR tables)."""
+    holder = module.embedding_bags[table]
+    weight = getattr(holder, "weight", None)
+    if isinstance(weight, torch.Tensor) and tuple(weight.shape) == tuple(cfg.parameter_shape()):
+        return weight
+    dtype = next(holder.parameters()).dtype
+    return nn.Parameter(torch.empty(cfg.parameter_shape(), dtype=dtype, device="meta"), requires_grad=False)
+
+
+class _PlannerView(nn.Module):
+    """What TorchRec's sharding-info builder reads of a collection: configs, weightedness,
+    and `embedding_bags.<table>.weight` (the planner's view of each table)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self._configs = module.embedding_bag_configs()
+        self._weighted = module.is_weighted()
+        self.embedding_bags = nn.ModuleDict()
+        for cfg in self._configs:
+            holder = nn.Module()
+            holder.register_parameter("weight", planner_view(module, cfg.name, cfg))
+            self.embedding_bags[cfg.name] = holder
+
+    def embedding_bag_configs(self):
+        return self._configs
+
+    def is_weighted(self) -> bool:
+        return self._weighted
+
+
 class ShardedExtEmbeddingBagCollection(ShardedEmbeddingBagCollection):
     @classmethod
     def create_grouped_sharding_infos(cls, module, table_name_to_parameter_sharding, prefix,
                                       fused_params, suffix="weight"):
         infos = super().create_grouped_sharding_infos(
-            module, table_name_to_parameter_sharding, prefix, fused_params, suffix
+            _PlannerView(module), table_name_to_parameter_sharding, prefix, fused_params, suffix
         )
         configs = {t.name: t for t in module.embedding_bag_configs()}
         for sharding_type, per_type in infos.items():
             for info in per_type:
                 cfg = configs[info.embedding_config.name]
-                # Row-wise: the id space TorchRec bucketizes (shard sizes come from the plan).
-                # Others: TorchRec sizes the local shard from num_embeddings, i.e. the parameter.
-                info.embedding_config.num_embeddings = (
-                    cfg.sharding_id_space()
-                    if sharding_type == ShardingType.ROW_WISE.value
-                    else cfg.parameter_shape()[0]
-                )
+                if sharding_type == ShardingType.ROW_WISE.value:
+                    # The id space TorchRec bucketizes: rank r's block of ids must be the
+                    # ids that rows [r*block, (r+1)*block) of the view serve.
+                    shards = info.param_sharding.sharding_spec.shards
+                    info.embedding_config.num_embeddings = cfg.rw_id_space(
+                        int(shards[0].shard_sizes[0]), len(shards))
+                else:
+                    # TorchRec sizes the local shard from num_embeddings, i.e. the view.
+                    info.embedding_config.num_embeddings = cfg.parameter_shape()[0]
                 info.fused_params = {**info.fused_params, TABLE_KEY: ExtTableRef(cfg.name, cfg)}
         return infos
 
@@ -75,45 +110,59 @@ class ShardedExtEmbeddingBagCollection(ShardedEmbeddingBagCollection):
     # --- parameters and state ---
     def _initialize_torch_state(self, skip_registering: bool = False) -> None:
         self.embedding_bags: nn.ModuleDict = nn.ModuleDict({t: nn.Module() for t in self._table_names})
-        self._ext_shards: Dict[str, List[Tuple[nn.Parameter, Any]]] = {t: [] for t in self._table_names}
+        # table -> state name -> [(local piece, its metadata or None if every rank holds it)]
+        self._ext_shards: Dict[str, Dict[str, List[Tuple[nn.Parameter, Any]]]] = {
+            t: {n: [] for n in self._table_name_to_config[t].state_names()} for t in self._table_names
+        }
         for lookup, sharding in zip(self._lookups, self._embedding_shardings):
             inner = lookup.module if isinstance(sharding, DpPooledEmbeddingSharding) else lookup
             for kernel in inner._emb_modules:
-                for name, param, meta in kernel.local_shards():
-                    self._ext_shards[name].append((param, meta))
-        for t, shards in self._ext_shards.items():
+                for table, name, param, meta in kernel.local_shards():
+                    self._ext_shards[table][name].append((param, meta))
+        for t, per_name in self._ext_shards.items():
             holder = self.embedding_bags[t]
-            if not shards:  # another rank holds this table
-                empty = nn.Parameter(torch.empty(0))
-                empty._in_backward_optimizers = [EmptyFusedOptimizer()]
-                holder.register_parameter("weight", empty)
-            for k, (param, _) in enumerate(shards):
-                holder.register_parameter("weight" if k == 0 else f"weight_cw{k}", param)
+            for name, pieces in per_name.items():
+                if not pieces:  # another rank holds this table
+                    empty = nn.Parameter(torch.empty(0))
+                    empty._in_backward_optimizers = [EmptyFusedOptimizer()]
+                    holder.register_parameter(name, empty)
+                for k, (param, _) in enumerate(pieces):
+                    holder.register_parameter(name if k == 0 else f"{name}_cw{k}", param)
 
     def reset_parameters(self) -> None:
-        pass  # every shard initialised itself from global coordinates (plan-independent)
+        pass  # every piece initialised itself from global coordinates (plan-independent)
 
-    def _table_state(self, table: str) -> Any:
+    def _state_tensor(self, table: str, name: str) -> Any:
+        """A full tensor where every rank holds the whole state tensor (DP, replicated
+        pieces), else a ShardedTensor whose shards are the plan's pieces."""
         plan = self.module_sharding_plan[table]
-        shards = self._ext_shards[table]
-        if plan.sharding_type == ShardingType.DATA_PARALLEL.value:
-            return shards[0][0].detach()
+        pieces = self._ext_shards[table][name]
+        if plan.sharding_type == ShardingType.DATA_PARALLEL.value or (pieces and pieces[0][1] is None):
+            return pieces[0][0].detach()
         cfg = self._table_name_to_config[table]
-        spec = plan.sharding_spec
-        metadata = spec.build_metadata(
-            tensor_sizes=torch.Size(cfg.parameter_shape()),
-            tensor_properties=TensorProperties(dtype=shards[0][0].dtype if shards else torch.float32),
+        global_shards = []
+        for m in plan.sharding_spec.shards:
+            for pc in cfg.state_pieces(plan.sharding_type, m.shard_offsets, m.shard_sizes):
+                if pc.name == name:
+                    global_shards.append(ShardMetadata(list(pc.offsets), list(pc.sizes), m.placement))
+        metadata = ShardedTensorMetadata(
+            shards_metadata=global_shards,
+            size=torch.Size(cfg.state_shape(name)),
+            tensor_properties=TensorProperties(dtype=pieces[0][0].dtype if pieces else torch.float32),
         )
-        local = [Shard(tensor=p.detach(), metadata=m) for p, m in shards]
+        local = [Shard(tensor=p.detach(), metadata=m) for p, m in pieces]
         return ShardedTensor._init_from_local_shards_and_global_metadata(
             local_shards=local, sharded_tensor_metadata=metadata, process_group=self._env.process_group
         )
 
+    def _state_keys(self) -> List[Tuple[str, str]]:
+        return [(t, n) for t in self._table_names for n in self._table_name_to_config[t].state_names()]
+
     def state_dict(self, destination=None, prefix: str = "", keep_vars: bool = False):
         if destination is None:
             destination = OrderedDict()
-        for t in self._table_names:
-            destination[f"{prefix}embedding_bags.{t}.weight"] = self._table_state(t)
+        for t, n in self._state_keys():
+            destination[f"{prefix}embedding_bags.{t}.{n}"] = self._state_tensor(t, n)
         return destination
 
     @torch.no_grad()
@@ -121,18 +170,18 @@ class ShardedExtEmbeddingBagCollection(ShardedEmbeddingBagCollection):
         """Loads full tensors (any plan) or ShardedTensors of the same plan.
 
         To move a checkpoint between plans, load it with torch.distributed.checkpoint:
-        it fills this module's ShardedTensors, which share storage with the parameters.
+        it fills this module's state tensors, which share storage with the parameters.
         """
         missing: List[str] = []
-        expected = {f"embedding_bags.{t}.weight" for t in self._table_names}
+        expected = {f"embedding_bags.{t}.{n}" for t, n in self._state_keys()}
         unexpected = [k for k in state_dict if k not in expected]
-        for t in self._table_names:
-            key = f"embedding_bags.{t}.weight"
+        for t, n in self._state_keys():
+            key = f"embedding_bags.{t}.{n}"
             if key not in state_dict:
                 missing.append(key)
                 continue
             src = state_dict[key]
-            for param, meta in self._ext_shards[t]:
+            for param, meta in self._ext_shards[t][n]:
                 param.copy_(_slice_for(src, meta, t))
         if strict and (missing or unexpected):
             raise RuntimeError(f"{type(self).__name__}: missing keys {missing}, unexpected keys {unexpected}")
@@ -151,9 +200,10 @@ class ShardedExtEmbeddingBagCollection(ShardedEmbeddingBagCollection):
 
 def _slice_for(src: Any, meta: Any, table: str) -> torch.Tensor:
     """The part of a loaded value that the local shard described by `meta` holds."""
-    if meta is None:  # data-parallel: the whole table
+    if meta is None:  # every rank holds the whole tensor (data-parallel, replicated pieces)
         if isinstance(src, ShardedTensor):
-            raise ValueError(f"table '{table}': cannot load a ShardedTensor into a data-parallel table")
+            raise ValueError(f"table '{table}': cannot load a ShardedTensor into a replicated "
+                             "state tensor; load a full tensor or use torch.distributed.checkpoint")
         return src
     r, c = meta.shard_offsets
     rs, cs = meta.shard_sizes

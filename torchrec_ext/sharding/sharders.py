@@ -11,8 +11,9 @@ from torchrec.distributed.sharding_plan import get_default_sharders
 from torchrec.distributed.types import ModuleSharder, ShardingType
 
 from torchrec_ext.modules.hashed_embedding_bag import HashedEmbeddingBagCollection
+from torchrec_ext.modules.qr_embedding_bag import QREmbeddingBagCollection
 from torchrec_ext.sharding.fused_optim import optimizer_kind
-from torchrec_ext.sharding.sharded_collection import ShardedExtEmbeddingBagCollection
+from torchrec_ext.sharding.sharded_collection import ShardedExtEmbeddingBagCollection, planner_view
 
 EXT_SHARDING_TYPES = [
     ShardingType.TABLE_WISE.value,
@@ -43,7 +44,7 @@ class ExtEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
         )
 
     def shardable_parameters(self, module) -> Dict[str, nn.Parameter]:
-        return {t.name: module.embedding_bags[t.name].weight for t in module.embedding_bag_configs()}
+        return {t.name: planner_view(module, t.name, t) for t in module.embedding_bag_configs()}
 
     def sharding_types(self, compute_device_type: str) -> List[str]:
         return list(EXT_SHARDING_TYPES)
@@ -66,6 +67,10 @@ class HashedEmbeddingBagCollectionSharder(ExtEmbeddingBagCollectionSharder):
     module_cls = HashedEmbeddingBagCollection
 
 
+class QREmbeddingBagCollectionSharder(ExtEmbeddingBagCollectionSharder):
+    module_cls = QREmbeddingBagCollection
+
+
 class RowWiseCpuEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
     """TorchRec's EBC sharder, also offering row-wise on CPU (TorchRec's RW runs on gloo)."""
 
@@ -77,7 +82,10 @@ class RowWiseCpuEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
 
 
 def project_sharders(fused_params: Optional[Dict[str, Any]] = None) -> List[ModuleSharder[nn.Module]]:
-    return [HashedEmbeddingBagCollectionSharder(fused_params=fused_params)]
+    return [
+        HashedEmbeddingBagCollectionSharder(fused_params=fused_params),
+        QREmbeddingBagCollectionSharder(fused_params=fused_params),
+    ]
 
 
 def get_sharders(fused_params: Optional[Dict[str, Any]] = None) -> List[ModuleSharder[nn.Module]]:

@@ -1,0 +1,144 @@
+"""QR kernels against the plain-PyTorch reference in qr_reference.py."""
+
+import pytest
+import torch
+
+import qr_reference as ref
+from batches import DEVICES, make_batch
+from torchrec_ext import QREmbeddingBagConfig
+from torchrec.distributed.types import ShardingType
+from torchrec_ext.ops import qr_bag
+
+PARTITIONS = [
+    dict(partition="qr", num_collisions=37),
+    dict(partition="generalized_qr", factors=[7, 5, 31]),
+    dict(partition="crt", factors=[31, 33]),
+]
+OPERATIONS = [
+    dict(operation="mult"),
+    dict(operation="add"),
+    dict(operation="concat", partition_dims=None),  # filled in per partition count
+]
+N, D = 1000, 12
+
+
+def make_config(part, op, **kw):
+    op = dict(op)
+    if op["operation"] == "concat":
+        k = 2 if part["partition"] == "qr" else len(part["factors"])
+        op["partition_dims"] = [2 + 2 * p for p in range(k - 1)] + [D - sum(2 + 2 * p for p in range(k - 1))]
+    return QREmbeddingBagConfig(name="t", num_embeddings=kw.pop("n", N), embedding_dim=D, **part, **op, **kw)
+
+
+def full_layout(cfg):
+    view = cfg.parameter_shape()
+    pieces = cfg.state_pieces(ShardingType.TABLE_WISE.value, (0, 0), view)
+    return pieces, cfg.make_shard_state(pieces, (0, 0), view)
+
+
+def batch_with_repeats(n, seed):
+    ids, offsets, psw = make_batch(n, 29, 7, seed)
+    # one multi-hot bag with a repeated id and ids that share partition rows
+    extra = torch.tensor([n - 1, 3, 3, n // 2, n // 2 + 1])
+    ids = torch.cat([ids, extra])
+    offsets = torch.cat([offsets, offsets[-1:] + extra.numel()])
+    psw = torch.cat([psw, torch.rand(extra.numel(), dtype=torch.float64) + 0.5])
+    return ids, offsets, psw
+
+
+@pytest.mark.parametrize("part", PARTITIONS, ids=lambda p: p["partition"])
+@pytest.mark.parametrize("op", OPERATIONS, ids=lambda o: o["operation"])
+@pytest.mark.parametrize("pooling", [0, 1], ids=["sum", "mean"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_forward_and_gradients_match_reference(part, op, pooling, weighted, device):
+    cfg = make_config(part, op)
+    pieces, layout = full_layout(cfg)
+    ws = [torch.randn(pc.sizes, dtype=torch.float64) for pc in pieces]
+    ids, offsets, psw = batch_with_repeats(N, seed=pooling + 2 * weighted)
+    psw = psw if weighted else None
+
+    dtype = torch.float32 if device == "cuda" else torch.float64
+    w1 = [w.detach().to(device, dtype).clone().requires_grad_() for w in ws]
+    p1 = psw.to(device).float().requires_grad_() if weighted else None
+    out = qr_bag(w1, ids.to(device), offsets.to(device), p1, pooling, layout)
+    w2 = [w.detach().clone().requires_grad_() for w in ws]
+    p2 = psw.clone().requires_grad_() if weighted else None
+    expect = ref.pooled(cfg, w2, ids, offsets, p2, mean=pooling == 1)
+    tol = 1e-6 if dtype == torch.float64 else 1e-4
+    torch.testing.assert_close(out.cpu().double(), expect, rtol=tol, atol=tol)
+    assert out[0].abs().sum() == 0  # the empty bag
+
+    g = torch.randn(out.shape, dtype=torch.float64)
+    (out * g.to(device, dtype)).sum().backward()
+    (expect * g).sum().backward()
+    for a, b in zip(w1, w2):
+        torch.testing.assert_close(a.grad.cpu().double(), b.grad, rtol=tol, atol=tol)
+    if weighted:
+        torch.testing.assert_close(p1.grad.cpu().double(), p2.grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward_returns_only_touched_rows(device):
+    cfg = make_config(PARTITIONS[0], OPERATIONS[0])
+    pieces, layout = full_layout(cfg)
+    ws = [torch.randn(pc.sizes, device=device) for pc in pieces]
+    ids = torch.tensor([5, 5, 80, 999], device=device)
+    offsets = torch.tensor([0, 3, 4], device=device)
+    rows, grads, _ = torch.ops.torchrec_ext.qr_bag_backward(
+        torch.ones(2, D, device=device), ws, ids, offsets, None, 0, *layout.args(), False)
+    m = cfg.num_collisions
+    assert rows[0].tolist() == sorted({5 // m, 80 // m, 999 // m})
+    assert rows[1].tolist() == sorted({5 % m, 80 % m, 999 % m})
+    assert [g.shape[0] for g in grads] == [r.numel() for r in rows]
+
+
+@pytest.mark.parametrize("op", OPERATIONS, ids=lambda o: o["operation"])
+def test_row_and_column_shards_compute_their_part_of_the_table(op):
+    """A row-wise shard (block of quotient rows + replicated remainder) pools exactly the
+    full table's bags of its ids; a column-wise shard pools its columns of every bag."""
+    cfg = make_config(dict(partition="generalized_qr", factors=[7, 5, 31]), op)
+    pieces, layout = full_layout(cfg)
+    ws = [torch.randn(pc.sizes, dtype=torch.float64) for pc in pieces]
+    rows_s, _ = cfg.parameter_shape()
+    # row-wise: block 2 of 4 of the view's rows; ids are shard-local
+    block = -(-rows_s // 4)
+    lo_row = 2 * block
+    id_block = cfg.rw_id_space(block, 4) // 4
+    ids = torch.arange(lo_row * 35, min(N, (lo_row + block) * 35))
+    offsets = torch.arange(0, ids.numel() + 1, 3).clamp(max=ids.numel())
+    offsets[-1] = ids.numel()
+    expect = ref.pooled(cfg, ws, ids, offsets, None, mean=False)
+    rw = cfg.state_pieces(ShardingType.ROW_WISE.value, (lo_row, 0), (block, D))
+    assert [pc.replicated for pc in rw] == [True, True, False]
+    rw_ws = [w[pc.offsets[0]:pc.offsets[0] + pc.sizes[0]] for w, pc in zip(ws, rw)]
+    got = qr_bag(rw_ws, ids - 2 * id_block, offsets, None, 0, cfg.make_shard_state(rw, (lo_row, 0), (block, D)))
+    torch.testing.assert_close(got, expect)
+    # column-wise: output columns [5, 12)
+    cw = cfg.state_pieces(ShardingType.COLUMN_WISE.value, (0, 5), (rows_s, D - 5))
+    by_name = {pc.name: w for pc, w in zip(pieces, ws)}
+    cw_ws = [by_name[pc.name][:, pc.offsets[1]:pc.offsets[1] + pc.sizes[1]] for pc in cw]
+    got = qr_bag(cw_ws, ids, offsets, None, 0, cfg.make_shard_state(cw, (0, 5), (rows_s, D - 5)))
+    torch.testing.assert_close(got, expect[:, 5:])
+
+
+def test_opcheck_schema_fake_and_autograd_registration():
+    cfg = make_config(PARTITIONS[1], OPERATIONS[0])
+    pieces, layout = full_layout(cfg)
+    ws = [torch.randn(pc.sizes, requires_grad=True) for pc in pieces]
+    ids, offsets, psw = make_batch(N, 6, 4, seed=1)
+    args = (ws, ids, offsets, psw.float().requires_grad_(), 0, *layout.args(), layout.out_dim)
+    torch.library.opcheck(torch.ops.torchrec_ext.qr_bag_forward.default, args)
+    go = torch.randn(6, D)
+    torch.library.opcheck(torch.ops.torchrec_ext.qr_bag_backward.default,
+                          (go, [w.detach() for w in ws], ids, offsets, psw.float(), 0, *layout.args(), True),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+def test_kernel_rejects_ids_outside_the_shard():
+    cfg = make_config(PARTITIONS[0], OPERATIONS[0])
+    pieces, layout = full_layout(cfg)
+    ws = [torch.randn(pc.sizes) for pc in pieces]
+    for bad in (-1, cfg.parameter_shape()[0] * cfg.num_collisions):
+        with pytest.raises(RuntimeError, match="outside this shard"):
+            qr_bag(ws, torch.tensor([0, bad]), torch.tensor([0, 2]), None, 0, layout)

@@ -1,0 +1,277 @@
+// CPU kernels of the QR / compositional table ops. The forward pass is parallel
+// over bags and composes each id's vector in a per-thread buffer (never a
+// [nnz, dim] tensor). The backward pass produces, per partition, the rows the
+// batch touched and their gradients: positions are grouped by row (a CSR over
+// the unique rows), so each thread owns whole rows and sums without atomics.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <atomic>
+#include <limits>
+#include <vector>
+
+#include "../qr_check.h"
+
+namespace torchrec_ext {
+namespace {
+
+// rows[p * nnz + i]: shard-local row of partition p for id i. Throws on ids that
+// fall outside the shard, before any kernel touches memory.
+at::Tensor partition_rows(const QRLayout& L, const at::Tensor& idx) {
+  const int64_t n = idx.numel();
+  auto rows = at::empty({L.k, n}, idx.options());
+  const int64_t* id = idx.data_ptr<int64_t>();
+  int64_t* r = rows.data_ptr<int64_t>();
+  std::atomic<int64_t> bad{std::numeric_limits<int64_t>::min()};
+  at::parallel_for(0, n, 4096, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      bool ok = id[i] >= 0 && id[i] <= std::numeric_limits<int64_t>::max() - L.id_offset;
+      for (int64_t p = 0; p < L.k; ++p) {
+        const int64_t row = ok ? L.row(p, id[i]) : -1;
+        ok = ok && L.in_range(p, row);
+        r[p * n + i] = row;
+      }
+      if (!ok) bad.store(id[i]);
+    }
+  });
+  TORCH_CHECK(bad.load() == std::numeric_limits<int64_t>::min(), "qr bag: id ", bad.load(),
+              " (shard-local) falls outside this shard's partition tables");
+  return rows;
+}
+
+void check_offsets_data(const at::Tensor& off, int64_t nnz) {
+  const int64_t* o = off.data_ptr<int64_t>();
+  const int64_t nb = off.numel() - 1;
+  TORCH_CHECK(o[0] == 0 && o[nb] == nnz,
+              "qr bag: offsets must start at 0 and end at the number of indices");
+  for (int64_t b = 0; b < nb; ++b) {
+    TORCH_CHECK(o[b] <= o[b + 1], "qr bag: offsets must be non-decreasing");
+  }
+}
+
+// The composed vector of id i (mult/add) into tmp[0, D).
+template <typename scalar_t, typename acc_t>
+inline void compose(const QRLayout& L, const scalar_t* const* W, const int64_t* rows,
+                    int64_t n, int64_t i, int64_t D, acc_t* tmp) {
+  const scalar_t* w0 = W[0] + rows[i] * D;
+  for (int64_t j = 0; j < D; ++j) tmp[j] = static_cast<acc_t>(w0[j]);
+  for (int64_t p = 1; p < L.k; ++p) {
+    const scalar_t* wp = W[p] + rows[p * n + i] * D;
+    if (L.op == kMult) {
+      for (int64_t j = 0; j < D; ++j) tmp[j] *= static_cast<acc_t>(wp[j]);
+    } else {
+      for (int64_t j = 0; j < D; ++j) tmp[j] += static_cast<acc_t>(wp[j]);
+    }
+  }
+}
+
+template <typename scalar_t>
+void forward_kernel(const QRLayout& L, const scalar_t* const* W, const int64_t* rows, int64_t n,
+                    const int64_t* off, const float* psw, int64_t num_bags, bool mean,
+                    scalar_t* out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t D = L.out_dim;
+  at::parallel_for(0, num_bags, 16, [&](int64_t b0, int64_t b1) {
+    std::vector<acc_t> acc(D), tmp(D);
+    for (int64_t b = b0; b < b1; ++b) {
+      std::fill(acc.begin(), acc.end(), acc_t(0));
+      const int64_t s = off[b], e = off[b + 1];
+      for (int64_t i = s; i < e; ++i) {
+        const acc_t pw = psw ? static_cast<acc_t>(psw[i]) : acc_t(1);
+        if (L.op == kConcat) {
+          for (int64_t p = 0; p < L.k; ++p) {
+            const scalar_t* wp = W[p] + rows[p * n + i] * L.cols[p];
+            acc_t* a = acc.data() + L.out_col[p];
+            for (int64_t j = 0; j < L.cols[p]; ++j) a[j] += pw * static_cast<acc_t>(wp[j]);
+          }
+        } else {
+          compose(L, W, rows, n, i, D, tmp.data());
+          for (int64_t j = 0; j < D; ++j) acc[j] += pw * tmp[j];
+        }
+      }
+      const acc_t scale = (mean && e > s) ? acc_t(1) / static_cast<acc_t>(e - s) : acc_t(1);
+      for (int64_t j = 0; j < D; ++j) out[b * D + j] = static_cast<scalar_t>(acc[j] * scale);
+    }
+  });
+}
+
+// Gradient rows of partition p: uniq rows u get sum over their positions of
+// pw * grad_out[bag] (times the other partitions' rows for mult).
+template <typename scalar_t>
+void backward_partition(const QRLayout& L, int64_t p, const scalar_t* const* W,
+                        const int64_t* rows, int64_t n, const scalar_t* go,
+                        const int64_t* bag_of, const float* pos_scale, const int64_t* order,
+                        const int64_t* starts, int64_t num_unique, scalar_t* grad) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t D = L.out_dim, C = L.cols[p];
+  at::parallel_for(0, num_unique, 8, [&](int64_t u0, int64_t u1) {
+    std::vector<acc_t> acc(C), other(C);
+    for (int64_t u = u0; u < u1; ++u) {
+      std::fill(acc.begin(), acc.end(), acc_t(0));
+      for (int64_t t = starts[u]; t < starts[u + 1]; ++t) {
+        const int64_t i = order[t];
+        const acc_t sc = static_cast<acc_t>(pos_scale[i]);
+        const scalar_t* g = go + bag_of[i] * D + L.out_col[p];
+        if (L.op == kMult && L.k > 1) {
+          std::fill(other.begin(), other.end(), acc_t(1));
+          for (int64_t q = 0; q < L.k; ++q) {
+            if (q == p) continue;
+            const scalar_t* wq = W[q] + rows[q * n + i] * C;
+            for (int64_t j = 0; j < C; ++j) other[j] *= static_cast<acc_t>(wq[j]);
+          }
+          for (int64_t j = 0; j < C; ++j) acc[j] += sc * static_cast<acc_t>(g[j]) * other[j];
+        } else {
+          for (int64_t j = 0; j < C; ++j) acc[j] += sc * static_cast<acc_t>(g[j]);
+        }
+      }
+      for (int64_t j = 0; j < C; ++j) grad[u * C + j] = static_cast<scalar_t>(acc[j]);
+    }
+  });
+}
+
+// d(out[bag]) / d(psw[i]) = scale * <grad_out[bag], composed vector of id i>.
+template <typename scalar_t>
+void psw_grad_kernel(const QRLayout& L, const scalar_t* const* W, const int64_t* rows,
+                     int64_t n, const scalar_t* go, const int64_t* bag_of,
+                     const float* bag_scale, float* gpsw) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t D = L.out_dim;
+  at::parallel_for(0, n, 256, [&](int64_t i0, int64_t i1) {
+    std::vector<acc_t> tmp(D);
+    for (int64_t i = i0; i < i1; ++i) {
+      const scalar_t* g = go + bag_of[i] * D;
+      acc_t dot = 0;
+      if (L.op == kConcat) {
+        for (int64_t p = 0; p < L.k; ++p) {
+          const scalar_t* wp = W[p] + rows[p * n + i] * L.cols[p];
+          for (int64_t j = 0; j < L.cols[p]; ++j)
+            dot += static_cast<acc_t>(wp[j]) * static_cast<acc_t>(g[L.out_col[p] + j]);
+        }
+      } else {
+        compose(L, W, rows, n, i, D, tmp.data());
+        for (int64_t j = 0; j < D; ++j) dot += tmp[j] * static_cast<acc_t>(g[j]);
+      }
+      gpsw[i] = static_cast<float>(dot) * bag_scale[i];
+    }
+  });
+}
+
+template <typename scalar_t>
+std::vector<const scalar_t*> weight_ptrs(const std::vector<at::Tensor>& ws) {
+  std::vector<const scalar_t*> out;
+  for (const auto& w : ws) out.push_back(w.data_ptr<scalar_t>());
+  return out;
+}
+
+std::vector<at::Tensor> contiguous_all(at::TensorList weights) {
+  std::vector<at::Tensor> ws;
+  for (const auto& w : weights) ws.push_back(w.contiguous());
+  return ws;
+}
+
+at::Tensor qr_bag_forward_cpu(at::TensorList weights, const at::Tensor& indices,
+                              const at::Tensor& offsets,
+                              const std::optional<at::Tensor>& per_sample_weights,
+                              int64_t pooling, int64_t op, at::IntArrayRef divisors,
+                              at::IntArrayRef moduli, at::IntArrayRef row_starts,
+                              at::IntArrayRef out_cols, int64_t id_offset, int64_t out_dim) {
+  const QRLayout L = make_qr_layout(weights, op, divisors, moduli, row_starts, out_cols,
+                                    id_offset, out_dim);
+  check_qr_bags(indices, offsets, per_sample_weights);
+  auto idx = indices.contiguous();
+  auto off = offsets.contiguous();
+  check_offsets_data(off, idx.numel());
+  auto rows = partition_rows(L, idx);
+  auto ws = contiguous_all(weights);
+  std::optional<at::Tensor> psw;
+  if (per_sample_weights) psw = per_sample_weights->contiguous().to(at::kFloat);
+  const int64_t B = off.numel() - 1;
+  auto out = at::empty({B, out_dim}, ws[0].options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ws[0].scalar_type(), "qr_bag_forward_cpu", [&] {
+    auto W = weight_ptrs<scalar_t>(ws);
+    forward_kernel<scalar_t>(L, W.data(), rows.data_ptr<int64_t>(), idx.numel(),
+                             off.data_ptr<int64_t>(), psw ? psw->data_ptr<float>() : nullptr, B,
+                             pooling == 1, out.data_ptr<scalar_t>());
+  });
+  return out;
+}
+
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> qr_bag_backward_cpu(
+    const at::Tensor& grad_output, at::TensorList weights, const at::Tensor& indices,
+    const at::Tensor& offsets, const std::optional<at::Tensor>& per_sample_weights,
+    int64_t pooling, int64_t op, at::IntArrayRef divisors, at::IntArrayRef moduli,
+    at::IntArrayRef row_starts, at::IntArrayRef out_cols, int64_t id_offset, bool psw_grad) {
+  const int64_t out_dim = grad_output.dim() == 2 ? grad_output.size(1) : -1;
+  const QRLayout L = make_qr_layout(weights, op, divisors, moduli, row_starts, out_cols,
+                                    id_offset, out_dim);
+  check_qr_bags(indices, offsets, per_sample_weights);
+  const int64_t B = offsets.numel() - 1, n = indices.numel();
+  TORCH_CHECK(grad_output.size(0) == B, "qr_bag_backward: grad_output must have one row per bag");
+  auto idx = indices.contiguous();
+  auto off = offsets.contiguous();
+  check_offsets_data(off, n);
+  auto rows = partition_rows(L, idx);
+  auto ws = contiguous_all(weights);
+  auto go = grad_output.contiguous().to(ws[0].scalar_type());
+  // Per position: its bag, and pw / len for MEAN (pw alone for SUM).
+  auto bag_of = at::empty({n}, idx.options());
+  auto pos_scale = at::empty({n}, idx.options().dtype(at::kFloat));
+  auto bag_scale = at::empty({n}, idx.options().dtype(at::kFloat));
+  {
+    const int64_t* o = off.data_ptr<int64_t>();
+    int64_t* bo = bag_of.data_ptr<int64_t>();
+    float* ps = pos_scale.data_ptr<float>();
+    float* bs = bag_scale.data_ptr<float>();
+    auto psw = per_sample_weights ? per_sample_weights->contiguous().to(at::kFloat) : at::Tensor();
+    const float* pw = psw.defined() ? psw.data_ptr<float>() : nullptr;
+    for (int64_t b = 0; b < B; ++b) {
+      const float sc = (pooling == 1 && o[b + 1] > o[b]) ? 1.f / static_cast<float>(o[b + 1] - o[b]) : 1.f;
+      for (int64_t i = o[b]; i < o[b + 1]; ++i) {
+        bo[i] = b;
+        bs[i] = sc;
+        ps[i] = sc * (pw ? pw[i] : 1.f);
+      }
+    }
+  }
+  std::vector<at::Tensor> uniq_rows, grads;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ws[0].scalar_type(), "qr_bag_backward_cpu", [&] {
+    auto W = weight_ptrs<scalar_t>(ws);
+    for (int64_t p = 0; p < L.k; ++p) {
+      auto rp = rows.select(0, p);
+      auto [uniq, inverse, counts] = at::_unique2(rp, /*sorted=*/true, /*return_inverse=*/true,
+                                                  /*return_counts=*/true);
+      auto order = at::argsort(inverse, /*stable=*/true);
+      auto starts = at::zeros({uniq.numel() + 1}, idx.options());
+      if (uniq.numel()) starts.narrow(0, 1, uniq.numel()).copy_(counts.cumsum(0));
+      auto grad = at::empty({uniq.numel(), L.cols[p]}, ws[0].options());
+      backward_partition<scalar_t>(L, p, W.data(), rows.data_ptr<int64_t>(), n,
+                                   go.data_ptr<scalar_t>(), bag_of.data_ptr<int64_t>(),
+                                   pos_scale.data_ptr<float>(), order.data_ptr<int64_t>(),
+                                   starts.data_ptr<int64_t>(), uniq.numel(),
+                                   grad.data_ptr<scalar_t>());
+      uniq_rows.push_back(uniq);
+      grads.push_back(grad);
+    }
+  });
+  auto gpsw = at::zeros({psw_grad ? n : 0}, ws[0].options().dtype(at::kFloat));
+  if (psw_grad && n) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ws[0].scalar_type(), "qr_psw_grad_cpu", [&] {
+      auto W = weight_ptrs<scalar_t>(ws);
+      psw_grad_kernel<scalar_t>(L, W.data(), rows.data_ptr<int64_t>(), n, go.data_ptr<scalar_t>(),
+                                bag_of.data_ptr<int64_t>(), bag_scale.data_ptr<float>(),
+                                gpsw.data_ptr<float>());
+    });
+  }
+  return {uniq_rows, grads, gpsw};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(torchrec_ext, CPU, m) {
+  m.impl("qr_bag_forward", &qr_bag_forward_cpu);
+  m.impl("qr_bag_backward", &qr_bag_backward_cpu);
+}
+
+}  // namespace torchrec_ext
