@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import traceback
+from typing import Dict, List
 
 import torch.distributed as dist
 import torch.multiprocessing as mp

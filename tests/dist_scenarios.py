@@ -22,17 +22,23 @@ from torchrec.distributed.planner import ParameterConstraints, Topology
 from torchrec.distributed.types import ShardingEnv, ShardingType
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from torchrec_ext import HashedEmbeddingBagCollection, HashedEmbeddingBagConfig
+from torchrec_ext import (
+    HashedEmbeddingBagCollection,
+    HashedEmbeddingBagConfig,
+    QREmbeddingBagCollection,
+    QREmbeddingBagConfig,
+)
 from torchrec_ext.sharding import get_sharders, make_planner
 
 PER_RANK_BATCH = 4
 LR = 0.1
-FEATURES = {"f_std": 120, "f_a": 1000, "f_b": 5000, "f_shared": 1000}
+FEATURES = {"f_std": 120, "f_a": 1000, "f_b": 5000, "f_shared": 1000, "f_q": 3000, "f_g": 1500, "f_c": 1100}
 WEIGHTED_FEATURES = {"f_w": 300}
 
 
 class TwoCollections(nn.Module):
-    """A standard TorchRec EBC next to hashed collections (element, block, weighted)."""
+    """A standard TorchRec EBC next to hashed collections (element, block, weighted) and a
+    QR collection (quotient-remainder x mult, generalized QR x concat, CRT x add)."""
 
     def __init__(self, device=None):
         super().__init__()
@@ -57,11 +63,23 @@ class TwoCollections(nn.Module):
             is_weighted=True,
             device=device,
         )
+        self.qr = QREmbeddingBagCollection(
+            tables=[
+                QREmbeddingBagConfig(name="q_mult", num_embeddings=3000, embedding_dim=16,
+                                     feature_names=["f_q", "f_shared"], num_collisions=50),
+                QREmbeddingBagConfig(name="q_gen", num_embeddings=1500, embedding_dim=16, feature_names=["f_g"],
+                                     partition="generalized_qr", factors=[10, 12, 15], operation="concat",
+                                     partition_dims=[4, 4, 8], pooling=PoolingType.MEAN),
+                QREmbeddingBagConfig(name="q_crt", num_embeddings=1100, embedding_dim=16, feature_names=["f_c"],
+                                     partition="crt", factors=[31, 37], operation="add"),
+            ],
+            device=device,
+        )
 
     def forward(self, kjt: KeyedJaggedTensor, wkjt: KeyedJaggedTensor) -> torch.Tensor:
         # By key, as DLRM reads it: a sharded KeyedTensor may order its keys by shard.
         parts = []
-        for kt in (self.ebc(kjt), self.hashed(kjt), self.weighted(wkjt)):
+        for kt in (self.ebc(kjt), self.hashed(kjt), self.weighted(wkjt), self.qr(kjt)):
             d = kt.to_dict()
             parts += [d[k] for k in sorted(d)]
         return torch.cat(parts, dim=1)
@@ -91,10 +109,28 @@ def kjt_for(batch, lo: int, hi: int) -> KeyedJaggedTensor:
     )
 
 
+TABLES = ["std0", "h_elem", "h_block", "h_w", "q_mult", "q_gen", "q_crt"]
+
+
+def expected_type(table: str, sharding_type: str) -> str:
+    """CRT tables have no row-wise plan (no partition follows contiguous ids): table-wise."""
+    if table == "q_crt" and sharding_type == ShardingType.ROW_WISE.value:
+        return ShardingType.TABLE_WISE.value
+    return sharding_type
+
+
+def replicated_keys(sharding_type: str) -> set:
+    """State held whole by every rank: row-wise QR tables' small partitions."""
+    if sharding_type != ShardingType.ROW_WISE.value:
+        return set()
+    return {"qr.embedding_bags.q_mult.weight_1", "qr.embedding_bags.q_gen.weight_0",
+            "qr.embedding_bags.q_gen.weight_1"}
+
+
 def shard_model(model, world_size, sharding_type, fused_params):
     constraints = {
-        name: ParameterConstraints(sharding_types=[sharding_type], min_partition=4)
-        for name in ["std0", "h_elem", "h_block", "h_w"]
+        name: ParameterConstraints(sharding_types=[expected_type(name, sharding_type)], min_partition=4)
+        for name in TABLES
     }
     sharders = get_sharders(fused_params=fused_params)
     planner = make_planner(Topology(world_size=world_size, compute_device="cpu"),
@@ -102,7 +138,7 @@ def shard_model(model, world_size, sharding_type, fused_params):
     plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
     for module_plan in plan.plan.values():
         for name, ps in module_plan.items():
-            assert ps.sharding_type == sharding_type, (name, ps.sharding_type)
+            assert ps.sharding_type == expected_type(name, sharding_type), (name, ps.sharding_type)
     return DistributedModelParallel(
         model, env=ShardingEnv.from_process_group(dist.GroupMember.WORLD), plan=plan,
         sharders=sharders, device=torch.device("cpu"),
@@ -130,10 +166,13 @@ def local_pieces(value):
     return [(value, 0, 0)]
 
 
-def assert_state_matches(sharded_sd, ref_sd, expect_sharded: bool):
+def assert_state_matches(sharded_sd, ref_sd, expect_sharded: bool, full: set = frozenset()):
+    """Every value matches the reference; sharded plans give ShardedTensors except `full` keys."""
     for key, ref_value in ref_sd.items():
         value = sharded_sd[key]
-        if expect_sharded:
+        if expect_sharded and key in full:
+            assert not isinstance(value, ShardedTensor), f"{key} should be held whole by every rank"
+        elif expect_sharded:
             assert isinstance(value, ShardedTensor), f"{key} is {type(value)}, not a ShardedTensor"
             assert list(value.size()) == list(ref_value.shape), (key, value.size(), ref_value.shape)
         for t, r, c in local_pieces(value):
@@ -165,22 +204,26 @@ def equivalence(rank, world_size, sharding_type, optimizer):
         assert dense, "data-parallel tables must receive dense gradients"
         torch.optim.SGD(dense, lr=LR).step()
     assert_state_matches(dmp.state_dict(), ref.state_dict(),
-                         expect_sharded=sharding_type != ShardingType.DATA_PARALLEL.value)
+                         expect_sharded=sharding_type != ShardingType.DATA_PARALLEL.value,
+                         full=replicated_keys(sharding_type))
     # the fused optimizer is exposed the TorchRec way
     if sharding_type != ShardingType.DATA_PARALLEL.value:
         gathered = [None] * world_size
         dist.all_gather_object(gathered, sorted(dmp.fused_optimizer.params.keys()))
         keys = {k for per_rank in gathered for k in per_rank}
-        for table in ["hashed.embedding_bags.h_elem", "hashed.embedding_bags.h_block", "ebc.embedding_bags.std0"]:
+        for table in ["hashed.embedding_bags.h_elem", "hashed.embedding_bags.h_block", "ebc.embedding_bags.std0",
+                      "qr.embedding_bags.q_mult.weight_0", "qr.embedding_bags.q_gen.weight_2"]:
             assert any(table in k for k in keys), (table, keys)
 
     # the sharded state, gathered, is the full table
     if sharding_type == ShardingType.ROW_WISE.value:
-        st = dmp.state_dict()["hashed.embedding_bags.h_block.weight"]
-        full = torch.empty(st.size()) if rank == 0 else None
-        st.gather(dst=0, out=full)
-        if rank == 0:
-            torch.testing.assert_close(full, ref.hashed.embedding_bags.h_block.weight.detach(), atol=1e-5, rtol=1e-5)
+        ref_sd = ref.state_dict()
+        for key in ["hashed.embedding_bags.h_block.weight", "qr.embedding_bags.q_mult.weight_0"]:
+            st = dmp.state_dict()[key]
+            full = torch.empty(st.size()) if rank == 0 else None
+            st.gather(dst=0, out=full)
+            if rank == 0:
+                torch.testing.assert_close(full, ref_sd[key].detach(), atol=1e-5, rtol=1e-5)
 
 
 # name -> (sharding type, optimizer); each becomes a scenario function of this module
@@ -232,7 +275,8 @@ def checkpoint_save(rank, world_size, ckpt_dir, **_):
     expected, batch, wbatch, grad_out = _trained_reference(world_size)
     lo, hi = rank * PER_RANK_BATCH, (rank + 1) * PER_RANK_BATCH
     (dmp(kjt_for(batch, lo, hi), kjt_for(wbatch, lo, hi)) * grad_out[lo:hi]).sum().backward()
-    assert_state_matches(dmp.state_dict(), expected.state_dict(), expect_sharded=True)
+    assert_state_matches(dmp.state_dict(), expected.state_dict(), expect_sharded=True,
+                         full=replicated_keys(ShardingType.ROW_WISE.value))
     dcp.save(dmp.state_dict(), checkpoint_id=ckpt_dir)
     if rank == 0:
         torch.save({k: v.detach() for k, v in expected.state_dict().items()},

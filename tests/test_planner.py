@@ -1,4 +1,5 @@
-"""The planner charges hashed tables their real bytes and plans what only they make fit."""
+"""The planner charges torchrec_ext tables their real bytes (hashed buffers, QR partition
+tables, each with optimizer state) and plans what only they make fit."""
 
 import pytest
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
@@ -8,7 +9,12 @@ from torchrec.distributed.planner import ParameterConstraints, Topology
 from torchrec.distributed.planner.types import PlannerError
 from torchrec.distributed.types import ShardingType
 
-from torchrec_ext import HashedEmbeddingBagCollection, HashedEmbeddingBagConfig
+from torchrec_ext import (
+    HashedEmbeddingBagCollection,
+    HashedEmbeddingBagConfig,
+    QREmbeddingBagCollection,
+    QREmbeddingBagConfig,
+)
 from torchrec_ext.sharding import get_sharders, make_planner
 
 GB = 1024 ** 3
@@ -27,8 +33,6 @@ class Model(nn.Module):
                     for i in range(4)],
             device="meta",
         )
-
-
 
 
 @pytest.mark.parametrize("opt,extra_per_row", [(EmbOptimType.EXACT_SGD, 0), (EmbOptimType.EXACT_ROWWISE_ADAGRAD, 4)])
@@ -88,3 +92,45 @@ def test_row_wise_is_dropped_when_world_size_does_not_divide_regions():
     )
     plan = make_planner(topology, batch_size=8, constraints=rw_only).plan(model, get_sharders())
     assert plan.plan["hebc"]["h"].sharding_type == ShardingType.ROW_WISE.value
+
+
+def qr_model(**kw):
+    model = nn.Module()
+    model.qebc = QREmbeddingBagCollection(
+        tables=[QREmbeddingBagConfig(name="q", num_embeddings=10_000_000, embedding_dim=64, feature_names=["f"], **kw)],
+        device="meta",
+    )
+    return model
+
+
+@pytest.mark.parametrize("sharding_type", [ShardingType.TABLE_WISE.value, ShardingType.ROW_WISE.value,
+                                           ShardingType.COLUMN_WISE.value])
+@pytest.mark.parametrize("opt,state_per_row", [(EmbOptimType.EXACT_SGD, 0), (EmbOptimType.EXACT_ROWWISE_ADAGRAD, 4)])
+def test_plan_charges_qr_partition_tables_plus_optimizer_state(sharding_type, opt, state_per_row):
+    # quotient table 2500 x 64, remainder table 4000 x 64 (1 MB in all, vs 2.56 GB full)
+    model = qr_model(num_collisions=4000)
+    world = 2
+    constraints = {"q": ParameterConstraints(sharding_types=[sharding_type], min_partition=32)}
+    sharders = get_sharders(fused_params={"optimizer": opt, "learning_rate": 0.1})
+    options = make_planner(Topology(world_size=world, compute_device="cpu"), batch_size=64,
+                           constraints=constraints)._enumerator.enumerate(model, sharders)
+    (option,) = [o for o in options if o.name == "q"]
+    q_rows, r_rows = 2500, 4000
+    table_rows = q_rows + r_rows
+    if sharding_type == ShardingType.ROW_WISE.value:
+        # every rank holds its quotient rows and a replica of the remainder table
+        table_rows = q_rows + world * r_rows
+    shards = 2 if sharding_type == ShardingType.COLUMN_WISE.value else 1
+    expected = table_rows * 64 * 4 + table_rows * state_per_row * shards
+    charged = sum(s.storage.ddr for s in option.shards)
+    assert abs(charged - expected) / expected < 0.05, (charged, expected)
+
+
+def test_crt_tables_get_no_row_wise_plan():
+    model = qr_model(partition="crt", factors=[3163, 3167])
+    rw_only = {"q": ParameterConstraints(sharding_types=[ShardingType.ROW_WISE.value])}
+    with pytest.raises(ValueError, match=r"table 'q'.*row-wise needs a partition that follows contiguous ids"):
+        make_planner(Topology(world_size=2, compute_device="cpu"), batch_size=8, constraints=rw_only).plan(
+            model, get_sharders())
+    plan = make_planner(Topology(world_size=2, compute_device="cpu"), batch_size=8).plan(model, get_sharders())
+    assert plan.plan["qebc"]["q"].sharding_type != ShardingType.ROW_WISE.value

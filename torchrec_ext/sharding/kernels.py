@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.distributed._shard.metadata import ShardMetadata
 from torchrec.distributed.embedding_types import GroupedEmbeddingConfig, ShardedEmbeddingTable
@@ -62,7 +61,7 @@ class LocalShard(nn.Module):
     """One local shard of one table: its state pieces, where they sit, how they pool."""
 
     def __init__(self, table: ShardedEmbeddingTable, pooling: int, device: torch.device,
-                 sharding_type: Optional[ShardingType], pg: Optional[dist.ProcessGroup] = None):
+                 sharding_type: Optional[ShardingType]):
         super().__init__()
         self.config = ext_table_config(table)
         self.table_name = table.name
@@ -73,7 +72,7 @@ class LocalShard(nn.Module):
         self.pieces: List[StatePiece] = self.config.state_pieces(st, offsets, sizes)
         self.num_features = table.num_features()
         self.pooling = pooling
-        self.pg = pg
+        self.replica_sync = None  # set by the sharded collection for replicated pieces
         self.weights = nn.ParameterList(
             nn.Parameter(torch.empty(pc.sizes, device=device)) for pc in self.pieces
         )
@@ -102,13 +101,15 @@ class LocalShard(nn.Module):
                                           need_weights_grad)
 
     def apply_optimizer(self, grads) -> None:
-        for w, pc, (rows, grad) in zip(self.weights, self.pieces, grads):
-            if pc.replicated and self.pg is not None and dist.get_world_size(self.pg) > 1:
-                # Every rank holds this piece: sum the ranks' gradients so replicas stay equal.
-                dense = grad if rows is None else torch.zeros_like(w).index_copy_(0, rows, grad)
-                dist.all_reduce(dense, group=self.pg)
-                rows, grad = None, dense
-            self.optimizer.apply(w, grad, rows)
+        for i, (w, pc, (rows, grad)) in enumerate(zip(self.weights, self.pieces, grads)):
+            if pc.replicated and self.replica_sync is not None:
+                # Every rank holds this piece: its update waits for the ranks' summed gradient.
+                self.replica_sync.add(self.replica_key(i), rows, grad, w)
+            else:
+                self.optimizer.apply(w, grad, rows)
+
+    def replica_key(self, index: int) -> str:
+        return f"{self.table_name}.{self.pieces[index].name}"
 
     def forward(self, values, offsets, per_sample_weights, fused: bool) -> torch.Tensor:
         if fused:
@@ -130,7 +131,6 @@ class ExtPooledEmbeddingKernel(nn.Module):
         config: GroupedEmbeddingConfig,
         device: Optional[torch.device],
         sharding_type: Optional[ShardingType],
-        pg: Optional[dist.ProcessGroup] = None,
     ) -> None:
         super().__init__()
         self._config = config
@@ -138,7 +138,7 @@ class ExtPooledEmbeddingKernel(nn.Module):
         # TorchRec applies MEAN after the reduce-scatter for row-wise shards.
         sum_only = sharding_type in (ShardingType.ROW_WISE, ShardingType.TABLE_ROW_WISE)
         self.shards = nn.ModuleList(
-            LocalShard(t, 0 if (sum_only or t.pooling == PoolingType.SUM) else 1, device, sharding_type, pg)
+            LocalShard(t, 0 if (sum_only or t.pooling == PoolingType.SUM) else 1, device, sharding_type)
             for t in config.embedding_tables
         )
         self._feature_splits = [s.num_features for s in self.shards]
@@ -180,8 +180,8 @@ class ExtFusedPooledEmbeddingKernel(ExtPooledEmbeddingKernel, FusedOptimizerModu
 
     _fused = True
 
-    def __init__(self, config, device, sharding_type, pg=None) -> None:
-        super().__init__(config, device, sharding_type, pg)
+    def __init__(self, config, device, sharding_type) -> None:
+        super().__init__(config, device, sharding_type)
         params: Dict[str, torch.Tensor] = {}
         for table, name, weight, _ in self.local_shards():
             key = f"{table}.{name}"

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Tuple
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor
 from torch.distributed._shard.metadata import ShardMetadata
@@ -21,10 +22,12 @@ from torch.nn.modules.module import _IncompatibleKeys
 from torchrec.distributed.embeddingbag import ShardedEmbeddingBagCollection
 from torchrec.distributed.sharding.dp_sharding import DpPooledEmbeddingSharding
 from torchrec.distributed.types import ShardingType
+from torchrec.modules.embedding_configs import PoolingType
 from torchrec.optim.fused import EmptyFusedOptimizer
 
 from torchrec_ext.modules.collection_base import check_ids, check_kjt
 from torchrec_ext.sharding.kernels import TABLE_KEY
+from torchrec_ext.sharding.replica_sync import ReplicaGradSync
 from torchrec_ext.sharding.shardings import SHARDING_CLASSES
 
 
@@ -72,6 +75,17 @@ class _PlannerView(nn.Module):
 
 
 class ShardedExtEmbeddingBagCollection(ShardedEmbeddingBagCollection):
+    def __init__(self, module, table_name_to_parameter_sharding, *args, **kwargs) -> None:
+        super().__init__(module, table_name_to_parameter_sharding, *args, **kwargs)
+        # TorchRec 1.8.0 divides by the bag length every feature that is not a row-wise
+        # SUM feature once any row-wise table pools by MEAN, so table-wise and column-wise
+        # tables of the same collection (already pooled in their kernel) would be divided
+        # too. Mark them as needing no division.
+        row_wise = (ShardingType.ROW_WISE.value, ShardingType.TABLE_ROW_WISE.value)
+        for cfg in self._embedding_bag_configs:
+            if table_name_to_parameter_sharding[cfg.name].sharding_type not in row_wise:
+                self._pooling_type_to_rs_features[PoolingType.SUM.value].extend(cfg.feature_names)
+
     @classmethod
     def create_grouped_sharding_infos(cls, module, table_name_to_parameter_sharding, prefix,
                                       fused_params, suffix="weight"):
@@ -107,6 +121,26 @@ class ShardedExtEmbeddingBagCollection(ShardedEmbeddingBagCollection):
         kwargs = {"permute_embeddings": permute_embeddings} if sharding_type == ShardingType.COLUMN_WISE.value else {}
         return klass(sharding_infos, env, device, qcomm_codecs_registry=qcomm_codecs_registry, **kwargs)
 
+    def _kernels(self):
+        for lookup, sharding in zip(self._lookups, self._embedding_shardings):
+            inner = lookup.module if isinstance(sharding, DpPooledEmbeddingSharding) else lookup
+            yield from inner._emb_modules
+
+    def _sync_replicas(self) -> None:
+        """Row-wise tables whose pieces every rank holds sum those gradients across ranks.
+
+        Every rank shards this module with the same plan, so all ranks agree on whether
+        the process group below is needed and create it at the same point."""
+        shards = [(s, i) for k in self._kernels() for s in getattr(k, "shards", [])
+                  for i, pc in enumerate(s.pieces) if pc.replicated]
+        if not shards or getattr(self, "_replica_sync", None) is not None:
+            return
+        pg = dist.new_group(backend=dist.get_backend(self._env.process_group))
+        self._replica_sync = ReplicaGradSync(pg)
+        for s, i in shards:
+            s.replica_sync = self._replica_sync
+            self._replica_sync.register(s.replica_key(i), s, i)
+
     # --- parameters and state ---
     def _initialize_torch_state(self, skip_registering: bool = False) -> None:
         self.embedding_bags: nn.ModuleDict = nn.ModuleDict({t: nn.Module() for t in self._table_names})
@@ -114,11 +148,10 @@ class ShardedExtEmbeddingBagCollection(ShardedEmbeddingBagCollection):
         self._ext_shards: Dict[str, Dict[str, List[Tuple[nn.Parameter, Any]]]] = {
             t: {n: [] for n in self._table_name_to_config[t].state_names()} for t in self._table_names
         }
-        for lookup, sharding in zip(self._lookups, self._embedding_shardings):
-            inner = lookup.module if isinstance(sharding, DpPooledEmbeddingSharding) else lookup
-            for kernel in inner._emb_modules:
-                for table, name, param, meta in kernel.local_shards():
-                    self._ext_shards[table][name].append((param, meta))
+        for kernel in self._kernels():
+            for table, name, param, meta in kernel.local_shards():
+                self._ext_shards[table][name].append((param, meta))
+        self._sync_replicas()
         for t, per_name in self._ext_shards.items():
             holder = self.embedding_bags[t]
             for name, pieces in per_name.items():

@@ -29,8 +29,8 @@ class ExtGroupedPooledEmbeddingsLookup(GroupedPooledEmbeddingsLookup):
     def _create_embedding_kernel(self, config, device, pg, sharding_type, env):
         if any(ext_table_config(t) is not None for t in config.embedding_tables):
             if config.compute_kernel == EmbeddingComputeKernel.DENSE:
-                return ExtPooledEmbeddingKernel(config, device, sharding_type, pg)
-            return ExtFusedPooledEmbeddingKernel(config, device, sharding_type, pg)
+                return ExtPooledEmbeddingKernel(config, device, sharding_type)
+            return ExtFusedPooledEmbeddingKernel(config, device, sharding_type)
         return super()._create_embedding_kernel(config, device, pg, sharding_type, env)
 
 
