@@ -1,9 +1,9 @@
-"""Demo: a standard TorchRec EBC next to hashed tables, planned by torchrec_ext's planner,
-sharded by DistributedModelParallel over N CPU processes (gloo), trained a few steps.
+"""Demo: a standard TorchRec EBC next to hashed and QR tables, planned by torchrec_ext's
+planner, sharded by DistributedModelParallel over N CPU processes (gloo), trained a few steps.
 
 Prints the plan, what each table costs in memory (planned vs a full table), and the loss.
 The data is generated here (a planted click signal on power-law ids), so the demo needs
-no download:  python examples/demo_hashed_dmp.py --world-size 2 --steps 30
+no download:  python examples/demo_dmp.py --world-size 2 --steps 30
 """
 
 from __future__ import annotations
@@ -24,11 +24,19 @@ from torchrec.distributed.planner import Topology
 from torchrec.distributed.types import ShardingEnv
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from torchrec_ext import HashedEmbeddingBagCollection, HashedEmbeddingBagConfig
+from torchrec_ext import (
+    HashedEmbeddingBagCollection,
+    HashedEmbeddingBagConfig,
+    QREmbeddingBagCollection,
+    QREmbeddingBagConfig,
+)
 from torchrec_ext.sharding import get_sharders, make_planner
 
 STANDARD = {"country": 200, "device": 50}
-HASHED = {"user_id": 2_000_000, "item_id": 1_000_000}
+HASHED = {"user_id": 2_000_000}
+QR = {"item_id": 1_000_000}
+VOCAB = {**STANDARD, **HASHED, **QR}
+KEYS = sorted(VOCAB)
 DIM = 16
 
 
@@ -46,12 +54,28 @@ class DemoModel(nn.Module):
                     for f, n in HASHED.items()],
             device=device,
         )
-        self.keys = sorted(STANDARD) + sorted(HASHED)
-        self.mlp = nn.Sequential(nn.Linear(DIM * len(self.keys), 32), nn.ReLU(), nn.Linear(32, 1))
+        self.qr = QREmbeddingBagCollection(
+            tables=[QREmbeddingBagConfig(name=f"q_{f}", num_embeddings=n, embedding_dim=DIM, feature_names=[f],
+                                         num_collisions=1000, operation="mult")
+                    for f, n in QR.items()],
+            device=device,
+        )
+        self.mlp = nn.Sequential(nn.Linear(DIM * len(KEYS), 32), nn.ReLU(), nn.Linear(32, 1))
 
     def forward(self, kjt: KeyedJaggedTensor) -> torch.Tensor:
-        pooled = {**self.ebc(kjt).to_dict(), **self.hashed(kjt).to_dict()}
-        return self.mlp(torch.cat([pooled[k] for k in self.keys], dim=1)).squeeze(1)
+        pooled = {**self.ebc(kjt).to_dict(), **self.hashed(kjt).to_dict(), **self.qr(kjt).to_dict()}
+        return self.mlp(torch.cat([pooled[k] for k in KEYS], dim=1)).squeeze(1)
+
+
+def held_bytes(cfg, sharding, world_size: int) -> int:
+    """Bytes of parameters the plan places on all ranks together (replicas counted)."""
+    if sharding.sharding_spec is None:  # data-parallel: a full copy per rank
+        return world_size * cfg.num_embeddings * cfg.embedding_dim * 4
+    shards = sharding.sharding_spec.shards
+    if hasattr(cfg, "state_pieces"):  # torchrec_ext tables hold their state pieces
+        return 4 * sum(pc.numel for s in shards
+                       for pc in cfg.state_pieces(sharding.sharding_type, s.shard_offsets, s.shard_sizes))
+    return 4 * sum(s.shard_sizes[0] * s.shard_sizes[1] for s in shards)
 
 
 def make_batch(step: int, rank: int, batch_size: int):
@@ -59,15 +83,15 @@ def make_batch(step: int, rank: int, batch_size: int):
     g = torch.Generator().manual_seed(1000 * step + rank)
     values, lengths = [], []
     score = torch.zeros(batch_size)
-    for f in sorted(STANDARD) + sorted(HASHED):
-        n = {**STANDARD, **HASHED}[f]
+    for f in KEYS:
+        n = VOCAB[f]
         # power-law ids: small ids are frequent
         ids = (torch.rand(batch_size, generator=g).pow(3.0) * n).long().clamp_(max=n - 1)
         score += torch.sin(ids.float() * 0.37 + len(f))
         values.append(ids)
         lengths.append(torch.ones(batch_size, dtype=torch.long))
     labels = (score > 0).float()
-    kjt = KeyedJaggedTensor.from_lengths_sync(keys=sorted(STANDARD) + sorted(HASHED),
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=KEYS,
                                               values=torch.cat(values), lengths=torch.cat(lengths))
     return kjt, labels
 
@@ -86,12 +110,11 @@ def worker(rank: int, world_size: int, port: int, args) -> None:
         print(plan, flush=True)
         print("\nper-table memory (parameter bytes held across all ranks):")
         print(f"{'table':<12}{'kind':<10}{'planned':>14}{'full table':>14}{'saving':>9}")
-        for module, tables in [("ebc", dmp.module.ebc), ("hashed", dmp.module.hashed)]:
-            for cfg in tables._embedding_bag_configs:
-                shards = plan.plan[module][cfg.name].sharding_spec.shards
-                held = sum(s.shard_sizes[0] * s.shard_sizes[1] for s in shards) * 4
+        for module in ("ebc", "hashed", "qr"):
+            for cfg in getattr(dmp.module, module)._embedding_bag_configs:
+                held = held_bytes(cfg, plan.plan[module][cfg.name], world_size)
                 full = cfg.num_embeddings * cfg.embedding_dim * 4
-                kind = "hashed" if module == "hashed" else "standard"
+                kind = "standard" if module == "ebc" else module
                 print(f"{cfg.name:<12}{kind:<10}{held:>14,}{full:>14,}{full / held:>8.0f}x")
     dense_opt = torch.optim.Adam([p for n, p in dmp.named_parameters() if "mlp" in n], lr=0.01)
     loss_fn = nn.BCEWithLogitsLoss()

@@ -1,0 +1,45 @@
+"""The native ops trace through torch.compile (fake kernels + autograd registration):
+compiled forward and backward equal eager ones."""
+
+import pytest
+import torch
+from torchrec.distributed.types import ShardingType
+
+from batches import make_batch
+from torchrec_ext import HashedEmbeddingBagConfig, QREmbeddingBagConfig
+from torchrec_ext.ops import hashed_bag, qr_bag
+
+
+def _qr():
+    cfg = QREmbeddingBagConfig(name="q", num_embeddings=500, embedding_dim=8, num_collisions=20)
+    view = cfg.parameter_shape()
+    pieces = cfg.state_pieces(ShardingType.TABLE_WISE.value, (0, 0), view)
+    layout = cfg.make_shard_state(pieces, (0, 0), view)
+    return [torch.randn(pc.sizes) for pc in pieces], lambda ws, i, o, p: qr_bag(ws, i, o, p, 0, layout)
+
+
+def _hashed():
+    cfg = HashedEmbeddingBagConfig(name="h", num_embeddings=500, embedding_dim=8, row_regions=2)
+    layout = cfg.shard_layout()
+    return [torch.randn(cfg.buffer_rows, 8)], lambda ws, i, o, p: hashed_bag(ws[0], i, o, p, 0, layout)
+
+
+@pytest.mark.parametrize("make", [_qr, _hashed], ids=["qr", "hashed"])
+def test_compiled_matches_eager(make):
+    weights, fn = make()
+    ids, offsets, psw = make_batch(500, 9, 4, seed=5)
+    psw = psw.float()
+
+    def run(f):
+        ws = [w.clone().requires_grad_() for w in weights]
+        p = psw.clone().requires_grad_()
+        out = f(ws, ids, offsets, p)
+        (out * torch.arange(out.numel()).view_as(out).float()).sum().backward()
+        return out.detach(), [w.grad for w in ws], p.grad
+
+    eager = run(fn)
+    compiled = run(torch.compile(fn, backend="aot_eager", fullgraph=True))
+    torch.testing.assert_close(compiled[0], eager[0])
+    for a, b in zip(compiled[1], eager[1]):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(compiled[2], eager[2])
