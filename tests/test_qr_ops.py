@@ -142,3 +142,17 @@ def test_kernel_rejects_ids_outside_the_shard():
     for bad in (-1, cfg.parameter_shape()[0] * cfg.num_collisions):
         with pytest.raises(RuntimeError, match="outside this shard"):
             qr_bag(ws, torch.tensor([0, bad]), torch.tensor([0, 2]), None, 0, layout)
+
+
+def test_gradients_when_the_table_dwarfs_the_batch():
+    """A quotient table much larger than the batch takes the sort-based grouping path."""
+    cfg = QREmbeddingBagConfig(name="t", num_embeddings=200_000, embedding_dim=4, num_collisions=2)
+    pieces, layout = full_layout(cfg)
+    ws = [torch.randn(pc.sizes, dtype=torch.float64) for pc in pieces]
+    ids, offsets = torch.tensor([199_999, 7, 6, 7, 150_001]), torch.tensor([0, 2, 5])
+    w1 = [w.clone().requires_grad_() for w in ws]
+    w2 = [w.clone().requires_grad_() for w in ws]
+    qr_bag(w1, ids, offsets, None, 0, layout).sum().backward()
+    ref.pooled(cfg, w2, ids, offsets, None, mean=False).sum().backward()
+    for a, b in zip(w1, w2):
+        torch.testing.assert_close(a.grad, b.grad)

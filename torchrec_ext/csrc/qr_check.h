@@ -41,6 +41,8 @@ inline QRLayout make_qr_layout(at::TensorList weights, int64_t op, at::IntArrayR
     L.rows[p] = w.size(0);
     L.cols[p] = w.size(1);
     L.out_col[p] = out_cols[p];
+    L.inv_div[p] = 1.0 / static_cast<double>(divisors[p]);
+    L.inv_mod[p] = moduli[p] > 0 ? 1.0 / static_cast<double>(moduli[p]) : 0.0;
     if (op == kConcat) {
       TORCH_CHECK(out_cols[p] >= 0 && out_cols[p] + w.size(1) <= out_dim,
                   "qr bag: partition ", p, " columns fall outside the output");

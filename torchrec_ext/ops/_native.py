@@ -24,10 +24,24 @@ def _with_cuda() -> bool:
     return torch.version.cuda is not None and CUDA_HOME is not None
 
 
+def _cpu_tag() -> str:
+    """The build uses -march=native, so a cached build belongs to one kind of CPU."""
+    import hashlib
+    import platform
+
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        pass
+    return hashlib.sha1((platform.machine() + flags).encode()).hexdigest()[:8]
+
+
 def build_dir() -> str:
     default = os.path.join(os.path.dirname(_CSRC), "_build")
     flavour = "cuda" if _with_cuda() else "cpu"
-    tag = f"{flavour}-torch{torch.__version__.replace('+', '_')}"
+    tag = f"{flavour}-torch{torch.__version__.replace('+', '_')}-{_cpu_tag()}"
     path = os.path.join(os.environ.get("TORCHREC_EXT_BUILD_DIR", default), tag)
     os.makedirs(path, exist_ok=True)
     return path
@@ -54,7 +68,7 @@ def load() -> None:
             name="torchrec_ext_C",
             sources=sources(),
             build_directory=build_dir(),
-            extra_cflags=["-O3", "-fopenmp", "-std=c++20"],
+            extra_cflags=["-O3", "-march=native", "-fopenmp", "-std=c++20"],
             extra_ldflags=["-fopenmp"],
             extra_cuda_cflags=["-O3", "-std=c++20"],
             is_python_module=False,

@@ -41,6 +41,64 @@ at::Tensor partition_rows(const QRLayout& L, const at::Tensor& idx) {
   return rows;
 }
 
+// Positions grouped by row: (sorted unique rows, positions in row order, CSR starts).
+// A counting sort when the table is not much larger than the batch (QR tables are
+// small), a comparison sort otherwise.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_by_row(const at::Tensor& rows, int64_t num_rows) {
+  const int64_t n = rows.numel();
+  auto opts = rows.options();
+  if (num_rows > 8 * n + 1024) {
+    auto [uniq, inverse, counts] = at::_unique2(rows, /*sorted=*/true, /*return_inverse=*/true,
+                                                /*return_counts=*/true);
+    auto starts = at::zeros({uniq.numel() + 1}, opts);
+    if (uniq.numel()) starts.narrow(0, 1, uniq.numel()).copy_(counts.cumsum(0));
+    return {uniq, at::argsort(inverse, /*stable=*/true), starts};
+  }
+  const int64_t* r = rows.data_ptr<int64_t>();
+  std::vector<int64_t> cursor(num_rows + 1, 0);
+  for (int64_t i = 0; i < n; ++i) ++cursor[r[i] + 1];
+  int64_t touched = 0;
+  for (int64_t row = 0; row < num_rows; ++row) touched += cursor[row + 1] > 0;
+  auto uniq = at::empty({touched}, opts);
+  auto starts = at::empty({touched + 1}, opts);
+  int64_t* u = uniq.data_ptr<int64_t>();
+  int64_t* st = starts.data_ptr<int64_t>();
+  int64_t k = 0;
+  st[0] = 0;
+  for (int64_t row = 0; row < num_rows; ++row) {
+    const int64_t c = cursor[row + 1];
+    cursor[row + 1] = cursor[row] + c;  // prefix sum: cursor[row] = first slot of row
+    if (c > 0) {
+      u[k] = row;
+      st[k + 1] = st[k] + c;
+      ++k;
+    }
+  }
+  auto order = at::empty({n}, opts);
+  int64_t* o = order.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) o[cursor[r[i]]++] = i;  // stable
+  return {uniq, order, starts};
+}
+
+// Cheap check that every id maps inside the shard's pieces, from the id range alone:
+// quotient rows grow with the id; a modulo row is at most min(id, mod - 1). Falls back
+// to the exact per-id check (for its message) when the bound does not prove it.
+void check_ids_in_shard(const QRLayout& L, const at::Tensor& idx) {
+  if (idx.numel() == 0) return;
+  auto mm = at::aminmax(idx);
+  const int64_t lo = std::get<0>(mm).item<int64_t>(), hi = std::get<1>(mm).item<int64_t>();
+  bool ok = lo >= 0 && hi <= std::numeric_limits<int64_t>::max() - L.id_offset;
+  for (int64_t p = 0; ok && p < L.k; ++p) {
+    if (L.mod[p] == 0) {
+      ok = L.in_range(p, L.row(p, lo)) && L.in_range(p, L.row(p, hi));
+    } else {
+      const int64_t top = std::min((hi + L.id_offset) / L.div[p], L.mod[p] - 1);
+      ok = L.row_start[p] == 0 && top < L.rows[p];
+    }
+  }
+  if (!ok) partition_rows(L, idx);  // throws with the offending id
+}
+
 void check_offsets_data(const at::Tensor& off, int64_t nnz) {
   const int64_t* o = off.data_ptr<int64_t>();
   const int64_t nb = off.numel() - 1;
@@ -67,27 +125,45 @@ inline void compose(const QRLayout& L, const scalar_t* const* W, const int64_t* 
   }
 }
 
+// Rows are computed per id here (ids were checked against the shard before).
 template <typename scalar_t>
-void forward_kernel(const QRLayout& L, const scalar_t* const* W, const int64_t* rows, int64_t n,
+void forward_kernel(const QRLayout& L, const scalar_t* const* W, const int64_t* idx,
                     const int64_t* off, const float* psw, int64_t num_bags, bool mean,
                     scalar_t* out) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t D = L.out_dim;
   at::parallel_for(0, num_bags, 16, [&](int64_t b0, int64_t b1) {
     std::vector<acc_t> acc(D), tmp(D);
+    const scalar_t* wr[kMaxPartitions];
     for (int64_t b = b0; b < b1; ++b) {
       std::fill(acc.begin(), acc.end(), acc_t(0));
       const int64_t s = off[b], e = off[b + 1];
       for (int64_t i = s; i < e; ++i) {
         const acc_t pw = psw ? static_cast<acc_t>(psw[i]) : acc_t(1);
+        for (int64_t p = 0; p < L.k; ++p) wr[p] = W[p] + L.row(p, idx[i]) * L.cols[p];
         if (L.op == kConcat) {
           for (int64_t p = 0; p < L.k; ++p) {
-            const scalar_t* wp = W[p] + rows[p * n + i] * L.cols[p];
             acc_t* a = acc.data() + L.out_col[p];
-            for (int64_t j = 0; j < L.cols[p]; ++j) a[j] += pw * static_cast<acc_t>(wp[j]);
+            for (int64_t j = 0; j < L.cols[p]; ++j) a[j] += pw * static_cast<acc_t>(wr[p][j]);
+          }
+        } else if (L.k == 2) {  // the common case, in one pass
+          const scalar_t *w0 = wr[0], *w1 = wr[1];
+          if (L.op == kMult) {
+            for (int64_t j = 0; j < D; ++j)
+              acc[j] += pw * static_cast<acc_t>(w0[j]) * static_cast<acc_t>(w1[j]);
+          } else {
+            for (int64_t j = 0; j < D; ++j)
+              acc[j] += pw * (static_cast<acc_t>(w0[j]) + static_cast<acc_t>(w1[j]));
           }
         } else {
-          compose(L, W, rows, n, i, D, tmp.data());
+          for (int64_t j = 0; j < D; ++j) tmp[j] = static_cast<acc_t>(wr[0][j]);
+          for (int64_t p = 1; p < L.k; ++p) {
+            if (L.op == kMult) {
+              for (int64_t j = 0; j < D; ++j) tmp[j] *= static_cast<acc_t>(wr[p][j]);
+            } else {
+              for (int64_t j = 0; j < D; ++j) tmp[j] += static_cast<acc_t>(wr[p][j]);
+            }
+          }
           for (int64_t j = 0; j < D; ++j) acc[j] += pw * tmp[j];
         }
       }
@@ -114,7 +190,11 @@ void backward_partition(const QRLayout& L, int64_t p, const scalar_t* const* W,
         const int64_t i = order[t];
         const acc_t sc = static_cast<acc_t>(pos_scale[i]);
         const scalar_t* g = go + bag_of[i] * D + L.out_col[p];
-        if (L.op == kMult && L.k > 1) {
+        if (L.op == kMult && L.k == 2) {
+          const scalar_t* wq = W[1 - p] + rows[(1 - p) * n + i] * C;
+          for (int64_t j = 0; j < C; ++j)
+            acc[j] += sc * static_cast<acc_t>(g[j]) * static_cast<acc_t>(wq[j]);
+        } else if (L.op == kMult && L.k > 1) {
           std::fill(other.begin(), other.end(), acc_t(1));
           for (int64_t q = 0; q < L.k; ++q) {
             if (q == p) continue;
@@ -183,7 +263,7 @@ at::Tensor qr_bag_forward_cpu(at::TensorList weights, const at::Tensor& indices,
   auto idx = indices.contiguous();
   auto off = offsets.contiguous();
   check_offsets_data(off, idx.numel());
-  auto rows = partition_rows(L, idx);
+  check_ids_in_shard(L, idx);
   auto ws = contiguous_all(weights);
   std::optional<at::Tensor> psw;
   if (per_sample_weights) psw = per_sample_weights->contiguous().to(at::kFloat);
@@ -191,8 +271,7 @@ at::Tensor qr_bag_forward_cpu(at::TensorList weights, const at::Tensor& indices,
   auto out = at::empty({B, out_dim}, ws[0].options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ws[0].scalar_type(), "qr_bag_forward_cpu", [&] {
     auto W = weight_ptrs<scalar_t>(ws);
-    forward_kernel<scalar_t>(L, W.data(), rows.data_ptr<int64_t>(), idx.numel(),
-                             off.data_ptr<int64_t>(), psw ? psw->data_ptr<float>() : nullptr, B,
+    forward_kernel<scalar_t>(L, W.data(), idx.data_ptr<int64_t>(), off.data_ptr<int64_t>(), psw ? psw->data_ptr<float>() : nullptr, B,
                              pooling == 1, out.data_ptr<scalar_t>());
   });
   return out;
@@ -239,12 +318,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> qr_bag_
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ws[0].scalar_type(), "qr_bag_backward_cpu", [&] {
     auto W = weight_ptrs<scalar_t>(ws);
     for (int64_t p = 0; p < L.k; ++p) {
-      auto rp = rows.select(0, p);
-      auto [uniq, inverse, counts] = at::_unique2(rp, /*sorted=*/true, /*return_inverse=*/true,
-                                                  /*return_counts=*/true);
-      auto order = at::argsort(inverse, /*stable=*/true);
-      auto starts = at::zeros({uniq.numel() + 1}, idx.options());
-      if (uniq.numel()) starts.narrow(0, 1, uniq.numel()).copy_(counts.cumsum(0));
+      auto [uniq, order, starts] = group_by_row(rows.select(0, p), L.rows[p]);
       auto grad = at::empty({uniq.numel(), L.cols[p]}, ws[0].options());
       backward_partition<scalar_t>(L, p, W.data(), rows.data_ptr<int64_t>(), n,
                                    go.data_ptr<scalar_t>(), bag_of.data_ptr<int64_t>(),

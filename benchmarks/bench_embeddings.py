@@ -1,0 +1,269 @@
+"""Speed and memory of torchrec_ext's tables against TorchRec's own EBC, in one run.
+
+Each variant runs in its own process (so its peak memory is its own) through the same
+step: forward + backward + optimizer step on power-law ids. TorchRec's EBC goes through
+DistributedModelParallel with FBGEMM's fused TBE (the baseline); torchrec_ext's tables go
+through DMP with their fused kernels; `nn.EmbeddingBag` trains with sparse SGD. Every
+speed is also given as a ratio to the baseline measured in the same run.
+
+    python benchmarks/bench_embeddings.py                      # default: 8 x 1M x 64, batch 4096
+    python benchmarks/bench_embeddings.py --rows 100000 --iters 5 --variants baseline,qr_mult
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import socket
+import subprocess
+import sys
+import time
+
+VARIANTS = {
+    "baseline": "TorchRec EBC, DMP, FBGEMM fused TBE (SGD)",
+    "nn_embeddingbag": "torch.nn.EmbeddingBag, sparse SGD",
+    "hashed_element": "hashed, element mode, compression 0.1",
+    "hashed_block": "hashed, block mode (Z=32), compression 0.1",
+    "qr_mult": "QR, m=1000, mult",
+    "qr_add": "QR, m=1000, add",
+    "qr_concat": "QR, m=1000, concat",
+}
+
+
+def power_law_ids(n_rows: int, count: int, alpha: float, gen):
+    """Zipf(alpha) ids in [0, n_rows) by inverse-CDF sampling; id 0 is the most frequent.
+    Ranks are scattered by a fixed permutation so hot ids do not share a region."""
+    import torch
+
+    ranks = torch.arange(1, n_rows + 1, dtype=torch.float64)
+    cdf = torch.cumsum(ranks.pow(-alpha), 0)
+    cdf /= cdf[-1].clone()
+    u = torch.rand(count, generator=gen, dtype=torch.float64)
+    ids = torch.searchsorted(cdf, u).clamp_(max=n_rows - 1)
+    perm = torch.randperm(n_rows, generator=torch.Generator().manual_seed(1234))
+    return perm[ids]
+
+
+def make_batches(args, num: int):
+    import torch
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    gen = torch.Generator().manual_seed(0)
+    keys = [f"f{t}" for t in range(args.tables)]
+    per = args.batch * args.bag
+    batches = []
+    for _ in range(num):
+        values = power_law_ids(args.rows, per * args.tables, args.alpha, gen)
+        lengths = torch.full((args.tables * args.batch,), args.bag, dtype=torch.long)
+        batches.append(KeyedJaggedTensor.from_lengths_sync(keys=keys, values=values, lengths=lengths))
+    return batches
+
+
+def build(variant: str, args, device):
+    """The module and, for unsharded variants, its optimizer."""
+    import torch
+    from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
+
+    from torchrec_ext import (
+        HashedEmbeddingBagCollection,
+        HashedEmbeddingBagConfig,
+        QREmbeddingBagCollection,
+        QREmbeddingBagConfig,
+    )
+
+    common = lambda t: dict(name=f"t{t}", num_embeddings=args.rows, embedding_dim=args.dim,  # noqa: E731
+                            feature_names=[f"f{t}"])
+    T = range(args.tables)
+    if variant == "baseline":
+        return EmbeddingBagCollection([EmbeddingBagConfig(**common(t)) for t in T], device=torch.device("meta"))
+    if variant.startswith("hashed_"):
+        mode = variant.split("_")[1]
+        return HashedEmbeddingBagCollection(
+            [HashedEmbeddingBagConfig(**common(t), mode=mode, compression=0.1, seed=t) for t in T],
+            device=torch.device("meta"))
+    if variant.startswith("qr_"):
+        op = variant.split("_")[1]
+        return QREmbeddingBagCollection(
+            [QREmbeddingBagConfig(**common(t), num_collisions=1000, operation=op) for t in T],
+            device=torch.device("meta"))
+    raise ValueError(variant)
+
+
+def table_bytes(module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def run_variant(variant: str, args) -> dict:
+    """Runs in a child process: builds, warms up, times; returns the measurements."""
+    import torch
+    import torch.distributed as dist
+    from tqdm import tqdm
+
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    batches = make_batches(args, args.batches)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    if variant == "nn_embeddingbag":
+        tables = torch.nn.ModuleList(
+            torch.nn.EmbeddingBag(args.rows, args.dim, mode="sum", sparse=True, device=device)
+            for _ in range(args.tables))
+        opt = torch.optim.SGD(tables.parameters(), lr=0.01)
+        nbytes = table_bytes(tables)
+
+        def step(kjt):
+            opt.zero_grad()
+            outs = []
+            for t, (name, jt) in enumerate(kjt.to_dict().items()):
+                outs.append(tables[t](jt.values(), jt.offsets()[:-1]))
+            torch.cat(outs, dim=1).sum().backward()
+            opt.step()
+    else:
+        from fbgemm_gpu.split_embedding_configs import EmbOptimType
+        from torchrec.distributed.model_parallel import DistributedModelParallel
+        from torchrec.distributed.planner import ParameterConstraints, Topology
+        from torchrec.distributed.types import ShardingEnv, ShardingType
+
+        from torchrec_ext.sharding import get_sharders, make_planner
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+        model = torch.nn.Module()
+        model.ebc = build(variant, args, device)
+        sharders = get_sharders(fused_params={"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": 0.01})
+        constraints = {f"t{t}": ParameterConstraints(sharding_types=[ShardingType.TABLE_WISE.value])
+                       for t in range(args.tables)}
+        planner = make_planner(Topology(world_size=1, compute_device=device.type), batch_size=args.batch,
+                               constraints=constraints)
+        plan = planner.plan(model, sharders)
+        dmp = DistributedModelParallel(model, env=ShardingEnv.from_process_group(dist.GroupMember.WORLD),
+                                       plan=plan, sharders=sharders, device=device)
+        nbytes = sum(v.numel() * v.element_size() for v in _local_tensors(dmp.state_dict()))
+
+        def step(kjt):
+            out = dmp.module.ebc(kjt)
+            out.values().sum().backward()  # embedding tables update in backward (fused)
+
+    batches = [b.to(device) for b in batches]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for i in range(args.warmup):
+        step(batches[i % len(batches)])
+    sync()
+    times = []
+    for i in tqdm(range(args.iters), desc=variant, leave=False, disable=not args.progress):
+        t0 = time.perf_counter()
+        step(batches[i % len(batches)])
+        sync()
+        times.append(time.perf_counter() - t0)
+    ids = args.batch * args.bag * args.tables
+    med = sorted(times)[len(times) // 2]
+    result = {
+        "variant": variant,
+        "description": VARIANTS[variant],
+        "step_ms": med * 1e3,
+        "ids_per_s": ids / med,
+        "table_bytes": nbytes,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "rss_before_tables_bytes": rss_before,
+    }
+    if device.type == "cuda":
+        result["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return result
+
+
+def _local_tensors(state):
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    for v in state.values():
+        if isinstance(v, ShardedTensor):
+            yield from (s.tensor for s in v.local_shards())
+        else:
+            yield v
+
+
+def print_table(results, baseline):
+    hdr = f"{'variant':<16}{'ids/s':>14}{'vs baseline':>13}{'step ms':>10}{'table MB':>11}{'peak RSS MB':>13}"
+    print(hdr)
+    print("-" * len(hdr))
+    for r in results:
+        ratio = r["ids_per_s"] / baseline["ids_per_s"] if baseline else float("nan")
+        print(f"{r['variant']:<16}{r['ids_per_s']:>14,.0f}{ratio:>12.2f}x{r['step_ms']:>10.1f}"
+              f"{r['table_bytes'] / 2**20:>11.1f}{r['peak_rss_bytes'] / 2**20:>13.0f}")
+
+
+def plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["variant"] for r in results]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    a.barh(names, [r["ids_per_s"] / 1e6 for r in results])
+    a.set_xlabel("M ids/s (fwd + bwd + optimizer)")
+    b.barh(names, [r["table_bytes"] / 2**20 for r in results])
+    b.set_xscale("log")
+    b.set_xlabel("table MB (log)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tables", type=int, default=8)
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--bag", type=int, default=8, help="ids per bag")
+    p.add_argument("--alpha", type=float, default=1.05, help="power-law exponent of the ids")
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--batches", type=int, default=4, help="distinct batches cycled through")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--out", default="benchmarks/results", help="folder for the JSON and the PNG")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--progress", action="store_true", default=sys.stderr.isatty())
+    args = p.parse_args()
+
+    if args.child:
+        print(json.dumps(run_variant(args.child, args)))
+        return
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    results = []
+    for v in variants:
+        print(f"[{len(results) + 1}/{len(variants)}] {v}: {VARIANTS[v]}", file=sys.stderr, flush=True)
+        cmd = [sys.executable, __file__, "--child", v] + [a for a in sys.argv[1:]]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(proc.stderr[-3000:], file=sys.stderr)
+            raise SystemExit(f"variant {v} failed")
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    baseline = next((r for r in results if r["variant"] == "baseline"), None)
+    print(f"\n{args.tables} tables x {args.rows:,} rows x dim {args.dim}, batch {args.batch}, "
+          f"{args.bag} ids/bag, power-law alpha {args.alpha}, device {args.device}, "
+          f"{os.cpu_count()} cores ({platform.processor() or platform.machine()})\n")
+    print_table(results, baseline)
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"bench_{args.device}")
+    with open(stem + ".json", "w") as f:
+        json.dump({"config": {k: v for k, v in vars(args).items() if k not in ("child", "progress")},
+                   "results": results}, f, indent=2)
+    plot(results, stem + ".png")
+    print(f"\nwrote {stem}.json and {stem}.png")
+
+
+if __name__ == "__main__":
+    main()
