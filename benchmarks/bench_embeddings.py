@@ -117,7 +117,7 @@ def run_variant(variant: str, args) -> dict:
         def step(kjt):
             opt.zero_grad()
             outs = []
-            for t, (name, jt) in enumerate(kjt.to_dict().items()):
+            for t, jt in enumerate(kjt.to_dict().values()):
                 outs.append(tables[t](jt.values(), jt.offsets()[:-1]))
             torch.cat(outs, dim=1).sum().backward()
             opt.step()

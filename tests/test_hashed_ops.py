@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import hashed_reference as ref
-from batches import DEVICES, make_batch
+from batches import DEVICES, assert_kernel_matches_reference, make_batch
 from torchrec_ext import HashedEmbeddingBagConfig
 from torchrec_ext.ops import coord_uniform_, hashed_bag
 
@@ -27,25 +27,10 @@ def test_forward_and_gradients_match_reference(case, pooling, weighted, device):
     ids, offsets, psw = make_batch(cfg.num_embeddings, 33, 6, seed=pooling + 2 * weighted)
     psw = psw if weighted else None
 
-    # float32 on CUDA (its atomics); float64 on CPU for a tight comparison
-    dtype = torch.float32 if device == "cuda" else torch.float64
-    w1 = w.detach().to(device, dtype).clone().requires_grad_()
-    p1 = psw.to(device).float().requires_grad_() if weighted else None
-    out = hashed_bag(w1, ids.to(device), offsets.to(device), p1, pooling, cfg.shard_layout())
-    w2 = w.detach().clone().requires_grad_()
-    p2 = psw.clone().requires_grad_() if weighted else None
-    expect = ref.pooled(cfg, w2, ids.numpy(), offsets, p2, mean=pooling == 1)
-    # float32 per-sample weights inside the kernel limit agreement to ~1e-7 relative
-    tol = 1e-6 if dtype == torch.float64 else 1e-4
-    torch.testing.assert_close(out.cpu().double(), expect, rtol=tol, atol=tol)
-    assert out[0].abs().sum() == 0  # the empty bag
-
-    g = torch.randn(out.shape, dtype=torch.float64)
-    (out * g.to(device, dtype)).sum().backward()
-    (expect * g).sum().backward()
-    torch.testing.assert_close(w1.grad.cpu().double(), w2.grad, rtol=tol, atol=tol)
-    if weighted:
-        torch.testing.assert_close(p1.grad.cpu().double(), p2.grad, rtol=1e-5, atol=tol * 10)
+    assert_kernel_matches_reference(
+        lambda ws, i, o, p: hashed_bag(ws[0], i, o, p, pooling, cfg.shard_layout()),
+        lambda ws, p: ref.pooled(cfg, ws[0], ids.numpy(), offsets, p, mean=pooling == 1),
+        [w], ids, offsets, psw, device, psw_rtol=1e-5)
 
 
 def test_ids_beyond_int32_range_use_64_bit_math():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import qr_reference as ref
-from batches import DEVICES, make_batch
+from batches import DEVICES, assert_kernel_matches_reference, make_batch
 from torchrec_ext import QREmbeddingBagConfig
 from torchrec.distributed.types import ShardingType
 from torchrec_ext.ops import qr_bag
@@ -58,24 +58,10 @@ def test_forward_and_gradients_match_reference(part, op, pooling, weighted, devi
     ids, offsets, psw = batch_with_repeats(N, seed=pooling + 2 * weighted)
     psw = psw if weighted else None
 
-    dtype = torch.float32 if device == "cuda" else torch.float64
-    w1 = [w.detach().to(device, dtype).clone().requires_grad_() for w in ws]
-    p1 = psw.to(device).float().requires_grad_() if weighted else None
-    out = qr_bag(w1, ids.to(device), offsets.to(device), p1, pooling, layout)
-    w2 = [w.detach().clone().requires_grad_() for w in ws]
-    p2 = psw.clone().requires_grad_() if weighted else None
-    expect = ref.pooled(cfg, w2, ids, offsets, p2, mean=pooling == 1)
-    tol = 1e-6 if dtype == torch.float64 else 1e-4
-    torch.testing.assert_close(out.cpu().double(), expect, rtol=tol, atol=tol)
-    assert out[0].abs().sum() == 0  # the empty bag
-
-    g = torch.randn(out.shape, dtype=torch.float64)
-    (out * g.to(device, dtype)).sum().backward()
-    (expect * g).sum().backward()
-    for a, b in zip(w1, w2):
-        torch.testing.assert_close(a.grad.cpu().double(), b.grad, rtol=tol, atol=tol)
-    if weighted:
-        torch.testing.assert_close(p1.grad.cpu().double(), p2.grad, rtol=1e-4, atol=1e-4)
+    assert_kernel_matches_reference(
+        lambda w, i, o, p: qr_bag(w, i, o, p, pooling, layout),
+        lambda w, p: ref.pooled(cfg, w, ids, offsets, p, mean=pooling == 1),
+        ws, ids, offsets, psw, device, psw_rtol=1e-4, psw_atol=1e-4)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -1,4 +1,5 @@
-// Argument checks shared by the CPU and CUDA kernels of the hashed ops. The
+// Argument checks shared by the CPU and CUDA kernels of the hashed ops (and the
+// offsets check every CPU bag op uses). The
 // Python layer validates ids with the table's name first; these checks keep a
 // bad call from ever reading or writing outside the buffer.
 #pragma once
@@ -9,6 +10,17 @@
 #include "hashed_layout.h"
 
 namespace torchrec_ext {
+
+// Offsets of a CPU bag op describe nnz ids: start at 0, end at nnz, never decrease.
+inline void check_offsets_data(const at::Tensor& off, int64_t nnz, const char* op) {
+  const int64_t* o = off.data_ptr<int64_t>();
+  const int64_t nb = off.numel() - 1;
+  TORCH_CHECK(o[0] == 0 && o[nb] == nnz, op,
+              ": offsets must start at 0 and end at the number of indices");
+  for (int64_t b = 0; b < nb; ++b) {
+    TORCH_CHECK(o[b] <= o[b + 1], op, ": offsets must be non-decreasing");
+  }
+}
 
 inline void check_hashed_meta(const at::Tensor& weight, const at::Tensor& indices,
                               const at::Tensor& offsets,
@@ -38,14 +50,7 @@ inline void check_hashed_inputs(const at::Tensor& weight, const at::Tensor& indi
                                 const at::Tensor& offsets,
                                 const std::optional<at::Tensor>& psw, const HashedLayout& L) {
   check_hashed_meta(weight, indices, offsets, psw, L);
-  auto off = offsets.contiguous();
-  const int64_t* o = off.data_ptr<int64_t>();
-  const int64_t nb = off.numel() - 1;
-  TORCH_CHECK(o[0] == 0 && o[nb] == indices.numel(),
-              "hashed bag: offsets must start at 0 and end at the number of indices");
-  for (int64_t b = 0; b < nb; ++b) {
-    TORCH_CHECK(o[b] <= o[b + 1], "hashed bag: offsets must be non-decreasing");
-  }
+  check_offsets_data(offsets.contiguous(), indices.numel(), "hashed bag");
   if (indices.numel() > 0) {
     auto mm = at::aminmax(indices);
     const int64_t lo = std::get<0>(mm).item<int64_t>();

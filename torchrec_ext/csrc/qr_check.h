@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <vector>
 
 #include "qr_layout.h"
 
@@ -65,6 +66,17 @@ inline void check_qr_bags(const at::Tensor& indices, const at::Tensor& offsets,
     TORCH_CHECK(psw->dim() == 1 && psw->numel() == indices.numel(),
                 "qr bag: per_sample_weights must match indices");
   }
+}
+
+inline void check_qr_grad_output(const at::Tensor& grad_output, const at::Tensor& offsets) {
+  TORCH_CHECK(grad_output.dim() == 2 && grad_output.size(0) == offsets.numel() - 1,
+              "qr_bag_backward: grad_output must have one row per bag");
+}
+
+inline std::vector<at::Tensor> contiguous_all(at::TensorList weights) {
+  std::vector<at::Tensor> ws;
+  for (const auto& w : weights) ws.push_back(w.contiguous());
+  return ws;
 }
 
 }  // namespace torchrec_ext

@@ -142,8 +142,11 @@ class ExtEmbeddingBagCollection(EmbeddingBagCollectionInterface):
 
     def table_weights(self, name: str) -> List[nn.Parameter]:
         """A table's state tensors, in the order its kernels take them."""
-        i = [t.name for t in self._embedding_bag_configs].index(name)
-        return [getattr(self.embedding_bags[name], pc.name) for pc in self._pieces[i]]
+        return self._weights_of([t.name for t in self._embedding_bag_configs].index(name))
+
+    def _weights_of(self, index: int) -> List[nn.Parameter]:
+        holder = self.embedding_bags[self._embedding_bag_configs[index].name]
+        return [getattr(holder, pc.name) for pc in self._pieces[index]]
 
     # --- EmbeddingBagCollectionInterface ---
     def embedding_bag_configs(self) -> List[EmbeddingBagConfig]:
@@ -183,7 +186,7 @@ class ExtEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         check_ids(config.name, values, *config.id_bounds())
         return config.pool_shard(
             self._layouts[index],
-            self.table_weights(config.name),
+            self._weights_of(index),
             values.long(),
             offsets.long(),
             weights.float() if weights is not None else None,

@@ -83,14 +83,13 @@ class ExtFusedOptimizer(FusedOptimizer):
             step = grad
         elif self._kind == ADAGRAD:
             s = self.state[param]["sum"]
-            s_rows = pick(s).addcmul_(grad, grad) if rows is not None else s.addcmul_(grad, grad)
+            s_rows = pick(s).addcmul_(grad, grad)  # in place when dense
             if rows is not None:
                 s.index_copy_(0, rows, s_rows)
             step = grad / s_rows.sqrt().add_(self._eps)
         else:
             m = self.state[param]["momentum1"]
-            g2 = grad.float().pow(2).mean(dim=1)
-            m_rows = pick(m).add_(g2) if rows is not None else m.add_(g2)
+            m_rows = pick(m).add_(grad.float().pow(2).mean(dim=1))  # in place when dense
             if rows is not None:
                 m.index_copy_(0, rows, m_rows)
             step = grad * (1.0 / (m_rows.sqrt() + self._eps)).to(grad.dtype).unsqueeze(1)

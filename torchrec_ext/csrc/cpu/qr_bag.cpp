@@ -12,6 +12,7 @@
 #include <limits>
 #include <vector>
 
+#include "../check_inputs.h"
 #include "../qr_check.h"
 
 namespace torchrec_ext {
@@ -99,28 +100,15 @@ void check_ids_in_shard(const QRLayout& L, const at::Tensor& idx) {
   if (!ok) partition_rows(L, idx);  // throws with the offending id
 }
 
-void check_offsets_data(const at::Tensor& off, int64_t nnz) {
-  const int64_t* o = off.data_ptr<int64_t>();
-  const int64_t nb = off.numel() - 1;
-  TORCH_CHECK(o[0] == 0 && o[nb] == nnz,
-              "qr bag: offsets must start at 0 and end at the number of indices");
-  for (int64_t b = 0; b < nb; ++b) {
-    TORCH_CHECK(o[b] <= o[b + 1], "qr bag: offsets must be non-decreasing");
-  }
-}
-
-// The composed vector of id i (mult/add) into tmp[0, D).
+// The composed vector (mult/add) of the partition rows wr[0..k) into tmp[0, D).
 template <typename scalar_t, typename acc_t>
-inline void compose(const QRLayout& L, const scalar_t* const* W, const int64_t* rows,
-                    int64_t n, int64_t i, int64_t D, acc_t* tmp) {
-  const scalar_t* w0 = W[0] + rows[i] * D;
-  for (int64_t j = 0; j < D; ++j) tmp[j] = static_cast<acc_t>(w0[j]);
+inline void compose(const QRLayout& L, const scalar_t* const* wr, int64_t D, acc_t* tmp) {
+  for (int64_t j = 0; j < D; ++j) tmp[j] = static_cast<acc_t>(wr[0][j]);
   for (int64_t p = 1; p < L.k; ++p) {
-    const scalar_t* wp = W[p] + rows[p * n + i] * D;
     if (L.op == kMult) {
-      for (int64_t j = 0; j < D; ++j) tmp[j] *= static_cast<acc_t>(wp[j]);
+      for (int64_t j = 0; j < D; ++j) tmp[j] *= static_cast<acc_t>(wr[p][j]);
     } else {
-      for (int64_t j = 0; j < D; ++j) tmp[j] += static_cast<acc_t>(wp[j]);
+      for (int64_t j = 0; j < D; ++j) tmp[j] += static_cast<acc_t>(wr[p][j]);
     }
   }
 }
@@ -156,14 +144,7 @@ void forward_kernel(const QRLayout& L, const scalar_t* const* W, const int64_t* 
               acc[j] += pw * (static_cast<acc_t>(w0[j]) + static_cast<acc_t>(w1[j]));
           }
         } else {
-          for (int64_t j = 0; j < D; ++j) tmp[j] = static_cast<acc_t>(wr[0][j]);
-          for (int64_t p = 1; p < L.k; ++p) {
-            if (L.op == kMult) {
-              for (int64_t j = 0; j < D; ++j) tmp[j] *= static_cast<acc_t>(wr[p][j]);
-            } else {
-              for (int64_t j = 0; j < D; ++j) tmp[j] += static_cast<acc_t>(wr[p][j]);
-            }
-          }
+          compose(L, wr, D, tmp.data());
           for (int64_t j = 0; j < D; ++j) acc[j] += pw * tmp[j];
         }
       }
@@ -230,7 +211,9 @@ void psw_grad_kernel(const QRLayout& L, const scalar_t* const* W, const int64_t*
             dot += static_cast<acc_t>(wp[j]) * static_cast<acc_t>(g[L.out_col[p] + j]);
         }
       } else {
-        compose(L, W, rows, n, i, D, tmp.data());
+        const scalar_t* wr[kMaxPartitions];
+        for (int64_t p = 0; p < L.k; ++p) wr[p] = W[p] + rows[p * n + i] * D;
+        compose(L, wr, D, tmp.data());
         for (int64_t j = 0; j < D; ++j) dot += tmp[j] * static_cast<acc_t>(g[j]);
       }
       gpsw[i] = static_cast<float>(dot) * bag_scale[i];
@@ -245,12 +228,6 @@ std::vector<const scalar_t*> weight_ptrs(const std::vector<at::Tensor>& ws) {
   return out;
 }
 
-std::vector<at::Tensor> contiguous_all(at::TensorList weights) {
-  std::vector<at::Tensor> ws;
-  for (const auto& w : weights) ws.push_back(w.contiguous());
-  return ws;
-}
-
 at::Tensor qr_bag_forward_cpu(at::TensorList weights, const at::Tensor& indices,
                               const at::Tensor& offsets,
                               const std::optional<at::Tensor>& per_sample_weights,
@@ -262,7 +239,7 @@ at::Tensor qr_bag_forward_cpu(at::TensorList weights, const at::Tensor& indices,
   check_qr_bags(indices, offsets, per_sample_weights);
   auto idx = indices.contiguous();
   auto off = offsets.contiguous();
-  check_offsets_data(off, idx.numel());
+  check_offsets_data(off, idx.numel(), "qr bag");
   check_ids_in_shard(L, idx);
   auto ws = contiguous_all(weights);
   std::optional<at::Tensor> psw;
@@ -286,11 +263,11 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> qr_bag_
   const QRLayout L = make_qr_layout(weights, op, divisors, moduli, row_starts, out_cols,
                                     id_offset, out_dim);
   check_qr_bags(indices, offsets, per_sample_weights);
+  check_qr_grad_output(grad_output, offsets);
   const int64_t B = offsets.numel() - 1, n = indices.numel();
-  TORCH_CHECK(grad_output.size(0) == B, "qr_bag_backward: grad_output must have one row per bag");
   auto idx = indices.contiguous();
   auto off = offsets.contiguous();
-  check_offsets_data(off, n);
+  check_offsets_data(off, n, "qr bag");
   auto rows = partition_rows(L, idx);
   auto ws = contiguous_all(weights);
   auto go = grad_output.contiguous().to(ws[0].scalar_type());

@@ -145,12 +145,6 @@ Tables<scalar_t> tables(const std::vector<at::Tensor>& ws) {
   return T;
 }
 
-std::vector<at::Tensor> contiguous_all(at::TensorList weights) {
-  std::vector<at::Tensor> ws;
-  for (const auto& w : weights) ws.push_back(w.contiguous());
-  return ws;
-}
-
 unsigned grid_of(int64_t n, int64_t per_block) {
   return static_cast<unsigned>((n + per_block - 1) / per_block);
 }
@@ -192,9 +186,9 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> qr_bag_
   const QRLayout L = make_qr_layout(weights, op, divisors, moduli, row_starts, out_cols,
                                     id_offset, out_dim);
   check_qr_bags(indices, offsets, per_sample_weights);
+  check_qr_grad_output(grad_output, offsets);
   c10::cuda::CUDAGuard guard(weights[0].device());
   const int64_t B = offsets.numel() - 1, n = indices.numel();
-  TORCH_CHECK(grad_output.size(0) == B, "qr_bag_backward: grad_output must have one row per bag");
   auto ws = contiguous_all(weights);
   auto idx = indices.contiguous();
   auto off = offsets.contiguous();
