@@ -9,6 +9,10 @@ _EXPORTS = {
     "HashedEmbeddingBagCollection": "torchrec_ext.modules.hashed_embedding_bag",
     "QREmbeddingBagConfig": "torchrec_ext.modules.qr_embedding_bag",
     "QREmbeddingBagCollection": "torchrec_ext.modules.qr_embedding_bag",
+    "DynamicEmbeddingBagConfig": "torchrec_ext.modules.dynamic_embedding_bag",
+    "DynamicEmbeddingBagCollection": "torchrec_ext.modules.dynamic_embedding_bag",
+    "HashTable": "torchrec_ext.modules.hash_table",
+    "TableFullError": "torchrec_ext.modules.hash_table",
 }
 
 __all__ = list(_EXPORTS)

@@ -39,4 +39,42 @@ TORCH_LIBRARY(torchrec_ext, m) {
       "Tensor? per_sample_weights, int pooling, int op, int[] divisors, int[] moduli, "
       "int[] row_starts, int[] out_cols, int id_offset, bool psw_grad) "
       "-> (Tensor[], Tensor[], Tensor)");
+
+  // Dynamic tables, index half (see dynamic_table.h): an open-addressing map
+  // int64 key -> row over slot_keys/slot_rows (power-of-two length, at most half
+  // full; the caller grows it with hash_index_rehash). Missing keys find -1.
+  m.def("hash_index_find(Tensor slot_keys, Tensor slot_rows, Tensor keys) -> Tensor");
+  // Finds or inserts every key (duplicates allowed); a new key takes the next
+  // row of `row_pool` (pool_used counts them). Returns (rows, inserted), where
+  // inserted marks the one position per new key that created it.
+  m.def(
+      "hash_index_insert_(Tensor(a!) slot_keys, Tensor(b!) slot_rows, Tensor keys, "
+      "Tensor row_pool, Tensor(c!) pool_used) -> (Tensor, Tensor)");
+  // Erases keys; returns each erased key's row (-1 if absent or repeated).
+  m.def("hash_index_erase_(Tensor(a!) slot_keys, Tensor(b!) slot_rows, Tensor keys) -> Tensor");
+  m.def(
+      "hash_index_rehash(Tensor slot_keys, Tensor slot_rows, int capacity) -> (Tensor, Tensor)");
+  // 63-bit hash of each key: routes keys to ranks and checkpoint buckets.
+  m.def("dynamic_key_hash(Tensor keys) -> Tensor");
+
+  // Dynamic tables, row half: rows live in equal blocks; row -1 (a key the
+  // table does not hold) reads as `missing_value`. Outputs are float32.
+  m.def(
+      "dynamic_bag_forward(Tensor[] blocks, Tensor rows, Tensor offsets, "
+      "Tensor? per_sample_weights, int pooling, float missing_value) -> Tensor");
+  // Returns (unique touched rows, their gradients, per-sample-weight gradient or empty).
+  m.def(
+      "dynamic_bag_backward(Tensor grad_output, Tensor[] blocks, Tensor rows, Tensor offsets, "
+      "Tensor? per_sample_weights, int pooling, float missing_value, bool psw_grad) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def("block_rows_gather(Tensor[] blocks, Tensor rows) -> Tensor");
+  // rows := values, or rows += alpha * values (accumulate; rows must be distinct).
+  m.def(
+      "block_rows_scatter_(Tensor(a!)[] blocks, Tensor rows, Tensor values, float alpha, "
+      "bool accumulate) -> ()");
+  // Initial values from (key, global column): kind 0 constant a, 1 U(a, b),
+  // 2 N(a, b^2), 3 N(a, b^2) truncated at two standard deviations.
+  m.def(
+      "block_rows_init_(Tensor(a!)[] blocks, Tensor rows, Tensor keys, int kind, float a, "
+      "float b, int seed, int col_offset) -> ()");
 }

@@ -120,11 +120,14 @@ class ExtEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         self._feature_names: List[str] = [f for t in tables for f in t.feature_names]
         self._feature_splits: List[int] = [len(t.feature_names) for t in tables]
         self._pooling = [pooling_code(t) for t in tables]
-        # The unsharded table is one shard holding every piece of its state.
         self.embedding_bags = nn.ModuleDict()
+        self._build_tables()
+
+    def _build_tables(self) -> None:
+        """The unsharded table is one shard holding every piece of its state."""
         self._pieces = []
         self._layouts = []
-        for t in tables:
+        for t in self._embedding_bag_configs:
             full = t.parameter_shape()
             pieces = t.state_pieces(ShardingType.TABLE_WISE.value, (0, 0), full)
             holder = nn.Module()

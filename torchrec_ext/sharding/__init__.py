@@ -2,6 +2,7 @@
 
 from torchrec_ext.sharding.planner import make_planner  # noqa: F401
 from torchrec_ext.sharding.sharders import (  # noqa: F401
+    DynamicEmbeddingBagCollectionSharder,
     ExtEmbeddingBagCollectionSharder,
     HashedEmbeddingBagCollectionSharder,
     QREmbeddingBagCollectionSharder,
@@ -14,4 +15,5 @@ __all__ = [
     "make_planner",
     "HashedEmbeddingBagCollectionSharder",
     "QREmbeddingBagCollectionSharder",
+    "DynamicEmbeddingBagCollectionSharder",
 ]

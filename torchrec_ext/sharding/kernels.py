@@ -117,6 +117,16 @@ class LocalShard(nn.Module):
         return self.pool(list(self.weights), values, offsets, per_sample_weights)
 
 
+def _local_shard(table: ShardedEmbeddingTable, pooling: int, device: torch.device,
+                 sharding_type: Optional[ShardingType]) -> nn.Module:
+    config = ext_table_config(table)
+    if getattr(config, "dynamic", False):
+        from torchrec_ext.sharding.dynamic_shard import DynamicLocalShard
+
+        return DynamicLocalShard(table, config, pooling, device, sharding_type)
+    return LocalShard(table, pooling, device, sharding_type)
+
+
 class ExtPooledEmbeddingKernel(nn.Module):
     """Kernel for one group of torchrec_ext tables (the role FBGEMM's TBE plays in TorchRec).
 
@@ -138,7 +148,7 @@ class ExtPooledEmbeddingKernel(nn.Module):
         # TorchRec applies MEAN after the reduce-scatter for row-wise shards.
         sum_only = sharding_type in (ShardingType.ROW_WISE, ShardingType.TABLE_ROW_WISE)
         self.shards = nn.ModuleList(
-            LocalShard(t, 0 if (sum_only or t.pooling == PoolingType.SUM) else 1, device, sharding_type)
+            _local_shard(t, 0 if (sum_only or t.pooling == PoolingType.SUM) else 1, device, sharding_type)
             for t in config.embedding_tables
         )
         self._feature_splits = [s.num_features for s in self.shards]
@@ -182,14 +192,27 @@ class ExtFusedPooledEmbeddingKernel(ExtPooledEmbeddingKernel, FusedOptimizerModu
 
     def __init__(self, config, device, sharding_type) -> None:
         super().__init__(config, device, sharding_type)
+        fused_params = dict(config.embedding_tables[0].fused_params or {})
+        where = f"table '{config.embedding_tables[0].name}'"
+        dynamic = [s for s in self.shards if not isinstance(s, LocalShard)]
+        if dynamic:
+            from torchrec_ext.sharding.dynamic_optim import DynamicFusedUpdate
+
+            for s in dynamic:
+                s.optim_key = f"{s.table_name}.rows"
+                while any(o is not s and o.optim_key == s.optim_key for o in dynamic):
+                    s.optim_key += "_cw"  # several column shards of one table on this rank
+            self._optim = DynamicFusedUpdate({s.optim_key: s.rows for s in dynamic}, fused_params, where)
+            for s in dynamic:
+                s.optimizer = self._optim
+            return
         params: Dict[str, torch.Tensor] = {}
         for table, name, weight, _ in self.local_shards():
             key = f"{table}.{name}"
             while key in params:  # several column shards of one table on this rank
                 key += "_cw"
             params[key] = weight
-        fused_params = dict(config.embedding_tables[0].fused_params or {})
-        self._optim = ExtFusedOptimizer(params, fused_params, f"table '{config.embedding_tables[0].name}'")
+        self._optim = ExtFusedOptimizer(params, fused_params, where)
         for s in self.shards:
             s.optimizer = self._optim
             for w in s.weights:

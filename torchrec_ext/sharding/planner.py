@@ -2,7 +2,8 @@
 
 * `ExtStorageEstimator` charges each shard its real bytes: the state pieces it holds (a
   hashed table's buffer, a QR table's partition tables; not num_embeddings x dim)
-  plus the fused optimizer's state.
+  plus the fused optimizer's state; a dynamic table its capacity (rows x (dim x dtype +
+  optimizer state) + index overhead).
 * `ExtEnumerator` drops sharding options whose shards would cut a table's regions
   (e.g. row-wise over a world size that does not divide `row_regions`).
 * `make_planner` builds an `EmbeddingShardingPlanner` with both.
@@ -66,10 +67,15 @@ class ExtStorageEstimator(EmbeddingStorageEstimator):
             kind = None if dp else optimizer_kind(fused, option.name)
             elem = option.tensor.element_size()
             for shard in option.shards:
-                pieces = cfg.state_pieces(option.sharding_type, shard.offset, shard.size)
-                extra = sum(p.numel for p in pieces) * elem - shard.size[0] * shard.size[1] * elem
-                if kind is not None:
-                    extra += sum(optimizer_state_bytes(kind, *p.sizes, elem) for p in pieces)
+                view_bytes = shard.size[0] * shard.size[1] * elem
+                if hasattr(cfg, "storage_bytes"):  # dynamic tables: charged for their capacity
+                    per_row = optimizer_state_bytes(kind, 1, shard.size[1], elem) if kind else 0
+                    extra = cfg.storage_bytes(option.sharding_type, shard.size, per_row) - view_bytes
+                else:
+                    pieces = cfg.state_pieces(option.sharding_type, shard.offset, shard.size)
+                    extra = sum(p.numel for p in pieces) * elem - view_bytes
+                    if kind is not None:
+                        extra += sum(optimizer_state_bytes(kind, *p.sizes, elem) for p in pieces)
                 if self._topology.compute_device == "cuda":
                     shard.storage.hbm += extra
                 else:

@@ -49,7 +49,7 @@ def planner_view(module: nn.Module, table: str, cfg: Any) -> torch.Tensor:
     weight = getattr(holder, "weight", None)
     if isinstance(weight, torch.Tensor) and tuple(weight.shape) == tuple(cfg.parameter_shape()):
         return weight
-    dtype = next(holder.parameters()).dtype
+    dtype = getattr(cfg, "storage_dtype", None) or next(holder.parameters()).dtype
     return nn.Parameter(torch.empty(cfg.parameter_shape(), dtype=dtype, device="meta"), requires_grad=False)
 
 

@@ -10,10 +10,12 @@ from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.sharding_plan import get_default_sharders
 from torchrec.distributed.types import ModuleSharder, ShardingType
 
+from torchrec_ext.modules.dynamic_embedding_bag import DynamicEmbeddingBagCollection
 from torchrec_ext.modules.hashed_embedding_bag import HashedEmbeddingBagCollection
 from torchrec_ext.modules.qr_embedding_bag import QREmbeddingBagCollection
 from torchrec_ext.sharding.fused_optim import optimizer_kind
 from torchrec_ext.sharding.sharded_collection import ShardedExtEmbeddingBagCollection, planner_view
+from torchrec_ext.sharding.sharded_dynamic import ShardedDynamicEmbeddingBagCollection
 
 EXT_SHARDING_TYPES = [
     ShardingType.TABLE_WISE.value,
@@ -27,13 +29,14 @@ class ExtEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
     """Base sharder of torchrec_ext collections (TW, RW, CW, DP on CPU and CUDA)."""
 
     module_cls: Type[nn.Module] = nn.Module
+    sharded_cls: Type[nn.Module] = ShardedExtEmbeddingBagCollection
 
     def __init__(self, fused_params: Optional[Dict[str, Any]] = None, **kwargs: Any) -> None:
         optimizer_kind(fused_params, type(self).__name__)  # fail early on an unsupported optimizer
         super().__init__(fused_params=fused_params, **kwargs)
 
     def shard(self, module, params, env, device=None, module_fqn=None):
-        return ShardedExtEmbeddingBagCollection(
+        return self.sharded_cls(
             module=module,
             table_name_to_parameter_sharding=params,
             env=env,
@@ -60,7 +63,7 @@ class ExtEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
 
     @property
     def sharded_module_type(self):
-        return ShardedExtEmbeddingBagCollection
+        return self.sharded_cls
 
 
 class HashedEmbeddingBagCollectionSharder(ExtEmbeddingBagCollectionSharder):
@@ -69,6 +72,16 @@ class HashedEmbeddingBagCollectionSharder(ExtEmbeddingBagCollectionSharder):
 
 class QREmbeddingBagCollectionSharder(ExtEmbeddingBagCollectionSharder):
     module_cls = QREmbeddingBagCollection
+
+
+class DynamicEmbeddingBagCollectionSharder(ExtEmbeddingBagCollectionSharder):
+    """Dynamic tables: table-wise, row-wise (by key hash) and column-wise."""
+
+    module_cls = DynamicEmbeddingBagCollection
+    sharded_cls = ShardedDynamicEmbeddingBagCollection
+
+    def sharding_types(self, compute_device_type: str) -> List[str]:
+        return [t for t in EXT_SHARDING_TYPES if t != ShardingType.DATA_PARALLEL.value]
 
 
 class RowWiseCpuEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
@@ -85,6 +98,7 @@ def project_sharders(fused_params: Optional[Dict[str, Any]] = None) -> List[Modu
     return [
         HashedEmbeddingBagCollectionSharder(fused_params=fused_params),
         QREmbeddingBagCollectionSharder(fused_params=fused_params),
+        DynamicEmbeddingBagCollectionSharder(fused_params=fused_params),
     ]
 
 

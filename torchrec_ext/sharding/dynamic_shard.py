@@ -1,0 +1,59 @@
+"""A rank's shard of a dynamic table inside a torchrec_ext lookup kernel.
+
+Table-wise and column-wise shards hold every key of the table (column shards: their
+columns; they see the same ids, so they insert the same keys); a row-wise shard holds the
+keys routed to its rank by `HashRwSparseFeaturesDist`. Initial values depend on the key
+and the global column only, so every plan holds the same rows.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+from torchrec.distributed.embedding_types import ShardedEmbeddingTable
+from torchrec.distributed.types import ShardingType
+
+from torchrec_ext.modules.dynamic_embedding_bag import shared_rows
+
+
+class DynamicLocalShard(nn.Module):
+    def __init__(self, table: ShardedEmbeddingTable, config, pooling: int, device: torch.device,
+                 sharding_type: Optional[ShardingType]) -> None:
+        super().__init__()
+        self.config = config
+        self.table_name = table.name
+        self.metadata = table.local_metadata
+        self.num_features = table.num_features()
+        self.pooling = pooling
+        self.sharding_type = sharding_type
+        self.weights, self.pieces = nn.ParameterList(), []  # no fixed-shape state
+        col_offset = int(self.metadata.shard_offsets[1]) if self.metadata is not None else 0
+        cols = table.local_cols
+        row_wise = sharding_type == ShardingType.ROW_WISE
+        world_size = len(table.global_metadata.shards_metadata) if table.global_metadata is not None else 1
+        share = 1.0 / world_size if row_wise else 1.0
+        rank = int(self.metadata.placement.rank()) if (row_wise and self.metadata is not None) else -1
+
+        def make():
+            rows = config.new_rows(device, col_offset=col_offset, cols=cols, capacity_share=share)
+            if row_wise and config.max_capacity is not None:
+                # each rank holds its share of the table's capacity
+                rows.table.max_rows = math.ceil(config.max_capacity / world_size)
+            return rows
+
+        signature = ("sharded", str(sharding_type), rank, col_offset, cols, str(device))
+        self.rows = shared_rows(config, signature, make)
+        self.optimizer = None  # a DynamicFusedUpdate, set by the kernel
+        self.optim_key = ""
+
+    def forward(self, values, offsets, per_sample_weights, fused: bool) -> torch.Tensor:
+        rows = self.rows.lookup(values, insert=self.training)
+        if fused:
+            return self.optimizer.lookup(self.optim_key, rows, offsets, per_sample_weights, self.pooling)
+        return self.rows.pool(rows, offsets, per_sample_weights, self.pooling)
+
+    def reset_parameters(self) -> None:
+        self.rows.clear()
