@@ -7,7 +7,7 @@ from torchrec.distributed.types import ShardingType
 
 from batches import make_batch
 from torchrec_ext import HashedEmbeddingBagConfig, QREmbeddingBagConfig
-from torchrec_ext.ops import hashed_bag, qr_bag
+from torchrec_ext.ops import dynamic_bag, hashed_bag, qr_bag
 
 
 def _qr():
@@ -24,7 +24,12 @@ def _hashed():
     return [torch.randn(cfg.buffer_rows, 8)], lambda ws, i, o, p: hashed_bag(ws[0], i, o, p, 0, layout)
 
 
-@pytest.mark.parametrize("make", [_qr, _hashed], ids=["qr", "hashed"])
+def _dynamic():
+    # rows -1..11 over three blocks of four rows (-1: a key the table does not hold)
+    return [torch.randn(4, 8) for _ in range(3)], lambda ws, i, o, p: dynamic_bag(ws, i % 13 - 1, o, p, 0, 0.5)
+
+
+@pytest.mark.parametrize("make", [_qr, _hashed, _dynamic], ids=["qr", "hashed", "dynamic"])
 def test_compiled_matches_eager(make):
     weights, fn = make()
     ids, offsets, psw = make_batch(500, 9, 4, seed=5)

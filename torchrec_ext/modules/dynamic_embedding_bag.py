@@ -180,7 +180,7 @@ class DynamicTable(nn.Module):
     def __init__(self, cfg: DynamicEmbeddingBagConfig, device, trainable: bool) -> None:
         super().__init__()
         self.config = cfg
-        self.rows = shared_rows(cfg, ("unsharded", str(device), trainable),
+        self.rows = shared_rows(cfg, ("unsharded", str(device)),
                                 lambda: cfg.new_rows(device, trainable_blocks=trainable))
         for i, b in enumerate(self.rows.blocks):
             self._adopt(i, b)

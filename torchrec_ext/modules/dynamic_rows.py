@@ -51,7 +51,7 @@ class DynamicRows:
         self.table = HashTable(name, initial_capacity, max_capacity, self.device)
         self.blocks: List[torch.Tensor] = []
         self.on_new_block: Optional[Callable[[int, torch.Tensor], None]] = None
-        self._cover(initial_capacity)
+        self._cover(max(initial_capacity, 1))  # kernels need one block, even for no rows
 
     @property
     def missing_value(self) -> float:
@@ -72,6 +72,8 @@ class DynamicRows:
 
     def lookup(self, keys: torch.Tensor, insert: bool) -> torch.Tensor:
         """Row of each key; with insert, absent keys get a new, initialised row; without, -1."""
+        if self.device.type == "meta":  # shape-only (planning, tracing): no table to consult
+            return torch.zeros_like(keys, dtype=torch.long)
         if not insert:
             return self.table.find(keys)
         rows, inserted = self.table.find_or_insert(keys)

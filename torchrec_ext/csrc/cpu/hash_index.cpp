@@ -157,7 +157,7 @@ std::tuple<at::Tensor, at::Tensor> hash_index_rehash_cpu(const at::Tensor& slot_
   const at::Tensor keys = slot_keys.masked_select(live);
   const at::Tensor rows = slot_rows.masked_select(live);
   TORCH_CHECK(keys.numel() <= capacity / 2, "hash_index_rehash: capacity too small");
-  at::Tensor nk = at::empty({capacity}, slot_keys.options());
+  at::Tensor nk = at::zeros({capacity}, slot_keys.options());
   at::Tensor nr = at::full({capacity}, kSlotEmpty, slot_rows.options());
   at::Tensor used = at::zeros({1}, slot_rows.options());
   // Each live key is distinct, so inserting key n with a one-row pool {rows[n]} places it.
