@@ -302,3 +302,14 @@ def checkpoint_load(rank, world_size, ckpt_dir, **_):
     lo, hi = rank * PER_RANK_BATCH, (rank + 1) * PER_RANK_BATCH
     out = dmp(kjt_for(batch, lo, hi), kjt_for(wbatch, lo, hi))
     torch.testing.assert_close(out, ref(kjt_for(batch, 0, n), kjt_for(wbatch, 0, n))[lo:hi], atol=1e-5, rtol=1e-5)
+
+
+# Dynamic-table scenarios run in the same worlds (one spawn per world size).
+from dist_dynamic_scenarios import (  # noqa: E402,F401
+    DYNAMIC_EQUIVALENCE,
+    dyn_checkpoint_load,
+    dyn_checkpoint_save,
+    dyn_cw,
+    dyn_rw,
+    dyn_tw,
+)

@@ -17,10 +17,10 @@ CHECKPOINT = ["checkpoint_save"]
 def worlds(tmp_path_factory):
     ckpt = str(tmp_path_factory.mktemp("ckpt"))
     out = {}
-    out[2] = run_world(2, "dist_scenarios", sc.EQUIVALENCE + CHECKPOINT,
-                       str(tmp_path_factory.mktemp("w2")), ckpt_dir=ckpt)
-    out[4] = run_world(4, "dist_scenarios", sc.EQUIVALENCE + ["checkpoint_load"],
-                       str(tmp_path_factory.mktemp("w4")), ckpt_dir=ckpt)
+    out[2] = run_world(2, "dist_scenarios", sc.EQUIVALENCE + CHECKPOINT + sc.DYNAMIC_EQUIVALENCE
+                       + ["dyn_checkpoint_save"], str(tmp_path_factory.mktemp("w2")), ckpt_dir=ckpt)
+    out[4] = run_world(4, "dist_scenarios", sc.EQUIVALENCE + ["checkpoint_load"] + sc.DYNAMIC_EQUIVALENCE
+                       + ["dyn_checkpoint_load"], str(tmp_path_factory.mktemp("w4")), ckpt_dir=ckpt)
     out["ckpt"] = ckpt
     return out
 
@@ -58,3 +58,43 @@ def test_checkpoint_loads_unsharded_in_one_process(worlds):
     model.load_state_dict(state)
     for key, value in expected.items():
         torch.testing.assert_close(model.state_dict()[key], value, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+@pytest.mark.parametrize("scenario", sc.DYNAMIC_EQUIVALENCE)
+def test_dynamic_sharded_equals_unsharded(worlds, world_size, scenario):
+    """Outputs, inserted keys and their values after two fused steps; row-wise: each key on one rank."""
+    _check(worlds, world_size, scenario)
+
+
+def test_dynamic_checkpoint_saved_row_wise_on_2_ranks(worlds):
+    _check(worlds, 2, "dyn_checkpoint_save")
+
+
+def test_dynamic_checkpoint_loads_row_and_column_wise_on_4_ranks(worlds):
+    _check(worlds, 2, "dyn_checkpoint_save")
+    _check(worlds, 4, "dyn_checkpoint_load")
+
+
+def test_dynamic_checkpoint_loads_unsharded_in_one_process(worlds):
+    """World size 1: the 2-rank checkpoint's keys and values, and the next step, unsharded."""
+    import torch.distributed.checkpoint as dcp
+    import dist_dynamic_scenarios as dyn
+
+    _check(worlds, 2, "dyn_checkpoint_save")
+    path = os.path.join(worlds["ckpt"], "dynamic")
+    expected = torch.load(os.path.join(path, "expected.pt"), weights_only=False)
+    torch.manual_seed(321)
+    model = dyn.WithDynamic()
+    state = model.state_dict()
+    dcp.load(state, checkpoint_id=path)
+    model.load_state_dict(state)
+    dyn.assert_same_rows(model.state_dict(), expected)
+    dyn.assert_dense_match(model.state_dict(), expected)
+    ref = dyn.WithDynamic()
+    ref.load_state_dict(expected)
+    batch = dyn.global_kjt(2, 5)
+    kjt = dyn.kjt_for(batch, 0, 2 * dyn.PER_RANK_BATCH)
+    grad_out = torch.randn(2 * dyn.PER_RANK_BATCH, 80, generator=torch.Generator().manual_seed(12))
+    torch.testing.assert_close(dyn.step(model, kjt, grad_out, 2), dyn.step(ref, kjt, grad_out, 2))
+    dyn.assert_same_rows(model.state_dict(), ref.state_dict())

@@ -134,3 +134,52 @@ def test_crt_tables_get_no_row_wise_plan():
             model, get_sharders())
     plan = make_planner(Topology(world_size=2, compute_device="cpu"), batch_size=8).plan(model, get_sharders())
     assert plan.plan["qebc"]["q"].sharding_type != ShardingType.ROW_WISE.value
+
+
+def _dynamic_model(max_capacity, initial_capacity=0, num_embeddings=1000):
+    from torchrec_ext import DynamicEmbeddingBagCollection, DynamicEmbeddingBagConfig
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dyn = DynamicEmbeddingBagCollection(
+                [DynamicEmbeddingBagConfig(name="d", num_embeddings=num_embeddings, embedding_dim=64,
+                                           feature_names=["f"], initial_capacity=initial_capacity,
+                                           max_capacity=max_capacity)], device="meta")
+    return M()
+
+
+@pytest.mark.parametrize("sharding_type", [ShardingType.TABLE_WISE.value, ShardingType.ROW_WISE.value,
+                                           ShardingType.COLUMN_WISE.value])
+def test_dynamic_table_is_charged_for_its_capacity(sharding_type):
+    """rows x (dim x 4 bytes + row-wise Adagrad's 4 bytes) + 40 bytes of index per row per
+    holder, for max_capacity rows (not the num_embeddings hint)."""
+    rows = 2_000_000
+    model = _dynamic_model(max_capacity=rows, num_embeddings=1000)
+    sharders = get_sharders(fused_params={"optimizer": EmbOptimType.EXACT_ROWWISE_ADAGRAD})
+    planner = make_planner(Topology(world_size=4, compute_device="cpu"), batch_size=64,
+                           constraints={"d": ParameterConstraints(sharding_types=[sharding_type], min_partition=16)})
+    options = [o for o in planner._enumerator.enumerate(model, sharders) if o.name == "d"]
+    assert options
+    for o in options:
+        charged = sum(s.storage.ddr for s in o.shards)
+        holders = len(o.shards) if sharding_type == ShardingType.COLUMN_WISE.value else 1
+        expected = rows * (64 * 4 + 4) + holders * rows * 40
+        assert abs(charged - expected) / expected < 0.05, (sharding_type, charged, expected)
+
+
+def test_dynamic_table_is_charged_for_the_hint_without_max_capacity():
+    model = _dynamic_model(max_capacity=None, initial_capacity=300_000, num_embeddings=100_000)
+    planner = make_planner(Topology(world_size=2, compute_device="cpu"), batch_size=64,
+                           constraints={"d": ParameterConstraints(sharding_types=[ShardingType.TABLE_WISE.value])})
+    (option,) = [o for o in planner._enumerator.enumerate(model, get_sharders()) if o.name == "d"]
+    expected = 300_000 * (64 * 4 + 40)
+    assert abs(option.shards[0].storage.ddr - expected) / expected < 0.05
+
+
+def test_dynamic_tables_are_not_data_parallel():
+    model = _dynamic_model(max_capacity=1000)
+    planner = make_planner(Topology(world_size=2, compute_device="cpu"), batch_size=64,
+                           constraints={"d": ParameterConstraints(sharding_types=[ShardingType.DATA_PARALLEL.value])})
+    with pytest.raises(Exception, match=r"No available sharding type .* for d\. Module: .*DynamicEmbeddingBagCollection"):
+        planner._enumerator.enumerate(model, get_sharders())
