@@ -1,7 +1,10 @@
-"""Demo: a standard TorchRec EBC next to hashed and QR tables, planned by torchrec_ext's
-planner, sharded by DistributedModelParallel over N CPU processes (gloo), trained a few steps.
+"""Demo: a standard TorchRec EBC next to hashed, QR and dynamic tables, planned by
+torchrec_ext's planner, sharded by DistributedModelParallel over N CPU processes (gloo),
+trained a few steps.
 
-Prints the plan, what each table costs in memory (planned vs a full table), and the loss.
+Prints the plan, what each table costs in memory (planned vs a full table), the loss, and
+how many rows the dynamic table created for its unbounded ids (spread over the ranks by
+key hash).
 The data is generated here (a planted click signal on power-law ids), so the demo needs
 no download:  python examples/demo_dmp.py --world-size 2 --steps 30
 """
@@ -25,17 +28,20 @@ from torchrec.distributed.types import ShardingEnv
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_ext import (
+    DynamicEmbeddingBagCollection,
+    DynamicEmbeddingBagConfig,
     HashedEmbeddingBagCollection,
     HashedEmbeddingBagConfig,
     QREmbeddingBagCollection,
     QREmbeddingBagConfig,
 )
-from torchrec_ext.sharding import get_sharders, make_planner
+from torchrec_ext.sharding import DynamicEmbeddingBagCollectionSharder, get_sharders, make_planner
 
 STANDARD = {"country": 200, "device": 50}
 HASHED = {"user_id": 2_000_000}
 QR = {"item_id": 1_000_000}
-VOCAB = {**STANDARD, **HASHED, **QR}
+DYNAMIC = {"query": 100_000}  # ids are 64-bit hashes of query strings: no vocabulary bound
+VOCAB = {**STANDARD, **HASHED, **QR, **DYNAMIC}
 KEYS = sorted(VOCAB)
 DIM = 16
 
@@ -60,10 +66,17 @@ class DemoModel(nn.Module):
                     for f, n in QR.items()],
             device=device,
         )
+        self.dynamic = DynamicEmbeddingBagCollection(
+            tables=[DynamicEmbeddingBagConfig(name=f"d_{f}", num_embeddings=n, embedding_dim=DIM, feature_names=[f])
+                    for f, n in DYNAMIC.items()],
+            device=device,
+        )
         self.mlp = nn.Sequential(nn.Linear(DIM * len(KEYS), 32), nn.ReLU(), nn.Linear(32, 1))
 
     def forward(self, kjt: KeyedJaggedTensor) -> torch.Tensor:
-        pooled = {**self.ebc(kjt).to_dict(), **self.hashed(kjt).to_dict(), **self.qr(kjt).to_dict()}
+        pooled = {}
+        for collection in (self.ebc, self.hashed, self.qr, self.dynamic):
+            pooled.update(collection(kjt).to_dict())
         return self.mlp(torch.cat([pooled[k] for k in KEYS], dim=1)).squeeze(1)
 
 
@@ -88,6 +101,8 @@ def make_batch(step: int, rank: int, batch_size: int):
         # power-law ids: small ids are frequent
         ids = (torch.rand(batch_size, generator=g).pow(3.0) * n).long().clamp_(max=n - 1)
         score += torch.sin(ids.float() * 0.37 + len(f))
+        if f in DYNAMIC:  # the raw id a hashing tokenizer would give: anywhere in int64
+            ids = ids * 0x9E3779B97F4A7C1 - 2**62
         values.append(ids)
         lengths.append(torch.ones(batch_size, dtype=torch.long))
     labels = (score > 0).float()
@@ -102,6 +117,10 @@ def worker(rank: int, world_size: int, port: int, args) -> None:
     torch.manual_seed(0)
     model = DemoModel(device=torch.device("meta"))
     sharders = get_sharders(fused_params={"optimizer": EmbOptimType.EXACT_ROWWISE_ADAGRAD, "learning_rate": 0.05})
+    # dynamic tables train with fused SGD for now: their sharder gets its own fused_params
+    sharders = [DynamicEmbeddingBagCollectionSharder(fused_params={"optimizer": EmbOptimType.EXACT_SGD,
+                                                                    "learning_rate": 0.5})
+                if isinstance(s, DynamicEmbeddingBagCollectionSharder) else s for s in sharders]
     planner = make_planner(Topology(world_size=world_size, compute_device="cpu"), batch_size=args.batch_size)
     plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
     dmp = DistributedModelParallel(model, env=ShardingEnv.from_process_group(dist.GroupMember.WORLD),
@@ -110,7 +129,7 @@ def worker(rank: int, world_size: int, port: int, args) -> None:
         print(plan, flush=True)
         print("\nper-table memory (parameter bytes held across all ranks):")
         print(f"{'table':<12}{'kind':<10}{'planned':>14}{'full table':>14}{'saving':>9}")
-        for module in ("ebc", "hashed", "qr"):
+        for module in ("ebc", "hashed", "qr"):  # dynamic tables: rows created, after training
             for cfg in getattr(dmp.module, module)._embedding_bag_configs:
                 held = held_bytes(cfg, plan.plan[module][cfg.name], world_size)
                 full = cfg.num_embeddings * cfg.embedding_dim * 4
@@ -126,6 +145,13 @@ def worker(rank: int, world_size: int, port: int, args) -> None:
         dense_opt.step()
         if rank == 0 and (step % 10 == 0 or step == args.steps - 1):
             print(f"step {step:4d}  loss {loss.item():.4f}", flush=True)
+    for cfg in dmp.module.dynamic.embedding_bag_configs():
+        per_rank = [None] * world_size
+        dist.all_gather_object(per_rank, dmp.module.dynamic.table_size(cfg.name))
+        if rank == 0:
+            print(f"\ndynamic table {cfg.name} ({plan.plan['dynamic'][cfg.name].sharding_type}): "
+                  f"{sum(per_rank):,} rows created for the ids seen, per rank {per_rank}, "
+                  f"{sum(per_rank) * cfg.embedding_dim * 4:,} bytes of rows")
     dist.destroy_process_group()
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-command GPU check, for a machine with a CUDA GPU and a CUDA build of torch:
-# builds the CUDA ops and runs the kernel tests on the GPU.
+# builds the CUDA ops, runs the kernel and hash-index tests on the GPU, and the
+# hash-index benchmark.
 # The lent GPU machines have torch but no torchrec/fbgemm-gpu (the CUDA fbgemm wheel is
 # too large to carry), so this uses the machine's own python and installs only what the
 # op tests need; torchrec is installed with --no-deps when its wheel is available.
@@ -10,4 +11,5 @@ PY=${PYTHON:-python3}
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())"
 "$PY" -m pip install -q numpy pytest ninja 2>/dev/null || true
 "$PY" -c "from torchrec_ext.ops import _native; _native.load(); print('built', _native.build_dir())"
-"$PY" -m pytest -q tests/test_hashed_ops.py tests/test_qr_ops.py -k cuda "$@"
+"$PY" -m pytest -q tests/test_hashed_ops.py tests/test_qr_ops.py tests/test_dynamic_ops.py tests/test_hash_table.py -k cuda "$@"
+"$PY" benchmarks/bench_hash_table.py --device cuda --keys 16000000 --batch 1048576

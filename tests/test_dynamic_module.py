@@ -263,3 +263,17 @@ def test_meta_device_for_planning():
     out = coll(KeyedJaggedTensor.from_lengths_sync(keys=["u", "i", "shared"], values=torch.tensor([1, 2], device="meta"),
                                                    lengths=torch.tensor([1, 0, 0, 1, 0, 0], device="meta")))
     assert out.values().shape == (2, 24) and out.values().is_meta
+
+
+def test_deepcopy_is_independent_and_new_blocks_become_parameters():
+    import copy
+
+    a = DynamicEmbeddingBagCollection(tables())
+    a(batch(8))
+    b = copy.deepcopy(a)
+    b(batch(9, n_ids=5000, batch_size=200))  # b grows; a must not
+    assert a.table_size("users") < b.table_size("users")
+    assert len(list(a.parameters())) == len(a.embedding_bags["users"].rows.blocks) + \
+        len(a.embedding_bags["products"].rows.blocks)
+    assert len(list(b.parameters())) == len(b.embedding_bags["users"].rows.blocks) + \
+        len(b.embedding_bags["products"].rows.blocks) > len(list(a.parameters()))

@@ -182,13 +182,14 @@ class DynamicTable(nn.Module):
         self.config = cfg
         self.rows = shared_rows(cfg, ("unsharded", str(device)),
                                 lambda: cfg.new_rows(device, trainable_blocks=trainable))
-        for i, b in enumerate(self.rows.blocks):
-            self._adopt(i, b)
-        chained = self.rows.on_new_block
-        self.rows.on_new_block = (lambda i, b: (chained(i, b) if chained else None, self._adopt(i, b)))
+        self.adopt_blocks()
 
-    def _adopt(self, i: int, block: torch.Tensor) -> None:
-        if isinstance(block, nn.Parameter):
+    def adopt_blocks(self) -> None:
+        """Registers blocks added since the last call as parameters (trainable tables)."""
+        for i in range(len(self._parameters), len(self.rows.blocks)):
+            block = self.rows.blocks[i]
+            if not isinstance(block, nn.Parameter):
+                return
             self.register_parameter(f"block_{i}", block)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
@@ -290,6 +291,7 @@ class DynamicEmbeddingBagCollection(ExtEmbeddingBagCollection):
         check_ids(config.name, values, None, None)
         rows_store = self._tables[index].rows
         rows = rows_store.lookup(values.long(), insert=self.training)
+        self._tables[index].adopt_blocks()
         w = weights.float() if weights is not None else None
         if self._fused is not None:
             return self._fused.lookup(f"embedding_bags.{config.name}.rows", rows, offsets.long(), w,

@@ -9,7 +9,7 @@ function of its ids under every plan. `KeyedRows` is how rows travel in a state 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -50,7 +50,6 @@ class DynamicRows:
         self.trainable_blocks = trainable_blocks
         self.table = HashTable(name, initial_capacity, max_capacity, self.device)
         self.blocks: List[torch.Tensor] = []
-        self.on_new_block: Optional[Callable[[int, torch.Tensor], None]] = None
         self._cover(max(initial_capacity, 1))  # kernels need one block, even for no rows
 
     @property
@@ -67,8 +66,6 @@ class DynamicRows:
             if self.trainable_blocks:
                 b = torch.nn.Parameter(b)
             self.blocks.append(b)
-            if self.on_new_block is not None:
-                self.on_new_block(len(self.blocks) - 1, b)
 
     def lookup(self, keys: torch.Tensor, insert: bool) -> torch.Tensor:
         """Row of each key; with insert, absent keys get a new, initialised row; without, -1."""

@@ -121,6 +121,10 @@ class ShardedExtEmbeddingBagCollection(ShardedEmbeddingBagCollection):
         kwargs = {"permute_embeddings": permute_embeddings} if sharding_type == ShardingType.COLUMN_WISE.value else {}
         return klass(sharding_infos, env, device, qcomm_codecs_registry=qcomm_codecs_registry, **kwargs)
 
+    def embedding_bag_configs(self):
+        """The tables' configs, as on the unsharded collection."""
+        return self._embedding_bag_configs
+
     def _kernels(self):
         for lookup, sharding in zip(self._lookups, self._embedding_shardings):
             inner = lookup.module if isinstance(sharding, DpPooledEmbeddingSharding) else lookup
