@@ -1,6 +1,6 @@
 """Dynamic-table scenarios for the spawned gloo worlds (see dist_harness.py).
 
-A model with a standard EBC, a hashed collection and a dynamic collection is planned by
+A model with a standard EBC, hashed, QR and dynamic collections is planned by
 torchrec_ext's planner and sharded table-wise, row-wise (by key hash) or column-wise; it
 must equal the unsharded model: outputs, the keys each table inserted and their values
 after one fused SGD step (the reference trains on the global batch with the loss divided
@@ -26,6 +26,8 @@ from torchrec_ext import (
     DynamicEmbeddingBagConfig,
     HashedEmbeddingBagCollection,
     HashedEmbeddingBagConfig,
+    QREmbeddingBagCollection,
+    QREmbeddingBagConfig,
 )
 from torchrec_ext.initializers import Normal
 from torchrec_ext.modules.dynamic_rows import KeyedRows
@@ -35,8 +37,9 @@ PER_RANK_BATCH = 4
 LR = 0.1
 FUSED = {"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": LR}
 DYNAMIC_TABLES = ["d_users", "d_items"]
-TABLES = ["std0", "h_elem"] + DYNAMIC_TABLES
-FEATURES = ["f_std", "f_a", "f_u", "f_i", "f_shared"]
+TABLES = ["std0", "h_elem", "q_mult"] + DYNAMIC_TABLES
+FEATURES = ["f_std", "f_a", "f_q", "f_u", "f_i", "f_shared"]
+OUT_DIM = 16 * 5 + 8 * 2
 
 
 class WithDynamic(nn.Module):
@@ -47,6 +50,8 @@ class WithDynamic(nn.Module):
         self.hashed = HashedEmbeddingBagCollection(tables=[HashedEmbeddingBagConfig(
             name="h_elem", num_embeddings=1000, embedding_dim=16, feature_names=["f_a"], mode="element", compression=0.05,
             row_regions=4, seed=1)])
+        self.qr = QREmbeddingBagCollection(tables=[QREmbeddingBagConfig(
+            name="q_mult", num_embeddings=3000, embedding_dim=16, feature_names=["f_q"], num_collisions=50)])
         self.dyn = DynamicEmbeddingBagCollection(
             tables=[
                 DynamicEmbeddingBagConfig(name="d_users", num_embeddings=500, embedding_dim=16,
@@ -60,7 +65,7 @@ class WithDynamic(nn.Module):
 
     def forward(self, kjt: KeyedJaggedTensor) -> torch.Tensor:
         parts = []
-        for kt in (self.ebc(kjt), self.hashed(kjt), self.dyn(kjt)):
+        for kt in (self.ebc(kjt), self.hashed(kjt), self.qr(kjt), self.dyn(kjt)):
             d = kt.to_dict()
             parts += [d[k] for k in sorted(d)]
         return torch.cat(parts, dim=1)
@@ -79,6 +84,8 @@ def global_kjt(world_size: int, seed: int):
             ids[f] = torch.randint(0, 120, (k,), generator=g)
         elif f == "f_a":
             ids[f] = torch.randint(0, 1000, (k,), generator=g)
+        elif f == "f_q":
+            ids[f] = torch.randint(0, 3000, (k,), generator=g)
         else:
             ids[f] = pool[torch.randint(0, 30, (k,), generator=g)]
     return lengths, ids
@@ -178,7 +185,7 @@ def equivalence(rank, world_size, sharding_type):
     n = world_size * PER_RANK_BATCH
     for seed in (1, 2):  # two steps: the second reads rows the first created and updated
         batch = global_kjt(world_size, seed)
-        grad_out = torch.randn(n, 16 * 4 + 8 * 2, generator=torch.Generator().manual_seed(seed + 10))
+        grad_out = torch.randn(n, OUT_DIM, generator=torch.Generator().manual_seed(seed + 10))
         out = step(dmp, kjt_for(batch, lo, hi), grad_out[lo:hi], 1)
         ref_out = step(ref, kjt_for(batch, 0, n), grad_out, world_size)
         torch.testing.assert_close(out, ref_out[lo:hi], atol=1e-5, rtol=1e-5)
@@ -213,7 +220,7 @@ def _trained(world_size):
     torch.manual_seed(0)
     ref = WithDynamic()
     n = world_size * PER_RANK_BATCH
-    grad_out = torch.randn(n, 80, generator=torch.Generator().manual_seed(11))
+    grad_out = torch.randn(n, OUT_DIM, generator=torch.Generator().manual_seed(11))
     step(ref, kjt_for(global_kjt(world_size, 1), 0, n), grad_out, world_size)
     return ref, grad_out
 
@@ -256,7 +263,7 @@ def dyn_checkpoint_load(rank, world_size, ckpt_dir, **_):
         ref.load_state_dict(expected)
         assert_key_placement(dmp, ref, sharding_type)
         batch = global_kjt(world_size, 5)
-        grad_out = torch.randn(n, 80, generator=torch.Generator().manual_seed(12))
+        grad_out = torch.randn(n, OUT_DIM, generator=torch.Generator().manual_seed(12))
         out = step(dmp, kjt_for(batch, lo, hi), grad_out[lo:hi], 1)
         ref_out = step(ref, kjt_for(batch, 0, n), grad_out, world_size)
         torch.testing.assert_close(out, ref_out[lo:hi], atol=1e-5, rtol=1e-5)

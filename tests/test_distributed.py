@@ -95,6 +95,6 @@ def test_dynamic_checkpoint_loads_unsharded_in_one_process(worlds):
     ref.load_state_dict(expected)
     batch = dyn.global_kjt(2, 5)
     kjt = dyn.kjt_for(batch, 0, 2 * dyn.PER_RANK_BATCH)
-    grad_out = torch.randn(2 * dyn.PER_RANK_BATCH, 80, generator=torch.Generator().manual_seed(12))
+    grad_out = torch.randn(2 * dyn.PER_RANK_BATCH, dyn.OUT_DIM, generator=torch.Generator().manual_seed(12))
     torch.testing.assert_close(dyn.step(model, kjt, grad_out, 2), dyn.step(ref, kjt, grad_out, 2))
     dyn.assert_same_rows(model.state_dict(), ref.state_dict())
