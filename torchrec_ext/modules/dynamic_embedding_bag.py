@@ -23,6 +23,10 @@ from torch import nn
 from torchrec.distributed.types import ShardingType
 from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig, data_type_to_dtype
 
+from torchrec_ext.admission import AdmissionPolicy
+from torchrec_ext.admission import as_policy as as_admission
+from torchrec_ext.eviction import EvictionPolicy
+from torchrec_ext.eviction import as_policy as as_eviction
 from torchrec_ext.initializers import Initializer, torchrec_default
 from torchrec_ext.modules.collection_base import ExtEmbeddingBagCollection, check_ids
 from torchrec_ext.modules.dynamic_rows import DynamicRows, KeyedRows, bucket_of
@@ -48,6 +52,11 @@ class DynamicEmbeddingBagConfig(EmbeddingBagConfig):
         b with b % world_size == r, and the state dict holds one entry per bucket (so a
         row-wise world may have at most key_buckets ranks).
     seed: init seed (default: from the shared name, else the table's name).
+    admission: a torchrec_ext.admission policy (default AlwaysAdmit()).
+    eviction: a torchrec_ext.eviction policy (default None: rows stay until erased);
+        eviction_interval: run its expiry every this many training steps (0: on demand only).
+    grad_reduce_by: "sum" (duplicate ids' gradients summed; TorchRec's convention, with the
+        world-size division of sharded training) or "id" (averaged over the id's occurrences).
     """
 
     initial_capacity: int = 0
@@ -57,6 +66,10 @@ class DynamicEmbeddingBagConfig(EmbeddingBagConfig):
     shared_name: Optional[str] = None
     key_buckets: int = 64
     seed: Optional[int] = None
+    admission: Optional[AdmissionPolicy] = None
+    eviction: Optional[EvictionPolicy] = None
+    eviction_interval: int = 0
+    grad_reduce_by: str = "sum"
 
     dynamic = True  # class attribute: the sharding layer builds dynamic shards for these
 
@@ -79,6 +92,13 @@ class DynamicEmbeddingBagConfig(EmbeddingBagConfig):
             raise TypeError(f"dynamic table '{name}': initializer must come from torchrec_ext.initializers")
         if self.seed is None:
             self.seed = zlib.crc32((self.shared_name or self.name).encode()) & 0x7FFFFFFF
+        self.admission = as_admission(self.admission)
+        self.eviction = as_eviction(self.eviction)
+        if self.eviction_interval < 0:
+            raise ValueError(f"dynamic table '{name}': eviction_interval must be >= 0")
+        if self.grad_reduce_by not in ("sum", "id"):
+            raise ValueError(f"dynamic table '{name}': grad_reduce_by must be 'sum' or 'id', "
+                             f"got {self.grad_reduce_by!r}")
 
     @property
     def storage_dtype(self) -> torch.dtype:
@@ -124,7 +144,8 @@ class DynamicEmbeddingBagConfig(EmbeddingBagConfig):
         cols = self.embedding_dim if cols is None else cols
         initial = int(round(self.initial_capacity * capacity_share))
         return DynamicRows(self.name, cols, self.storage_dtype, device, self.block_size, initial,
-                           self.max_capacity, self.initializer, self.seed, col_offset, trainable_blocks)
+                           self.max_capacity, self.initializer, self.seed, col_offset, trainable_blocks,
+                           self.admission, self.eviction, self.eviction_interval)
 
 
 # shared_name -> rows, per process (collections built in one process share rows by name)
@@ -158,14 +179,17 @@ def release_shared(shared_name: Optional[str] = None) -> None:
         del _SHARED[key]
 
 
-def bucket_entries(keys: torch.Tensor, values: torch.Tensor, buckets: Sequence[int],
-                   num_buckets: int) -> Dict[int, KeyedRows]:
-    """KeyedRows per bucket (every listed bucket, empty ones included)."""
-    b = bucket_of(keys, num_buckets) if keys.numel() else keys
+def bucket_entries(entry: KeyedRows, buckets: Sequence[int], num_buckets: int) -> Dict[int, KeyedRows]:
+    """The entry split by key bucket (every listed bucket, empty ones included), on CPU."""
+    b = bucket_of(entry.keys, num_buckets)
+    pending = entry.pending_keys
+    pb = bucket_of(pending, num_buckets) if pending is not None else None
     out = {}
     for k in buckets:
-        pick = b == k
-        out[k] = KeyedRows(keys[pick].cpu(), values[pick].cpu())
+        e = entry.select(b == k)
+        if pending is not None:
+            e.pending_keys, e.pending_counts = pending[pb == k], entry.pending_counts[pb == k]
+        out[k] = e.cpu()
     return out
 
 
@@ -180,6 +204,7 @@ class DynamicTable(nn.Module):
     def __init__(self, cfg: DynamicEmbeddingBagConfig, device, trainable: bool) -> None:
         super().__init__()
         self.config = cfg
+        self.steps = 0  # training lookups so far: the step stamped on rows
         self.rows = shared_rows(cfg, ("unsharded", str(device)),
                                 lambda: cfg.new_rows(device, trainable_blocks=trainable))
         self.adopt_blocks()
@@ -193,20 +218,21 @@ class DynamicTable(nn.Module):
             self.register_parameter(f"block_{i}", block)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
-        keys, values = self.rows.export()
         n = self.config.key_buckets
-        for b, entry in bucket_entries(keys, values, range(n), n).items():
+        for b, entry in bucket_entries(self.rows.export(), range(n), n).items():
             destination[bucket_key(prefix, b)] = entry
+        destination[prefix + "step"] = torch.tensor(self.steps)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
         entries = load_buckets(self.rows, self.config, state_dict, prefix, range(self.config.key_buckets))
+        if prefix + "step" in state_dict:
+            self.steps = int(state_dict[prefix + "step"])
         if strict:
             missing_keys.extend(bucket_key(prefix, b) for b in range(self.config.key_buckets) if b not in entries)
         for k in state_dict:
-            if k.startswith(prefix) and k[len(prefix):].startswith("block_"):
-                continue
-            if k.startswith(prefix) and not k[len(prefix):].startswith("bucket_"):
+            rest = k[len(prefix):]
+            if k.startswith(prefix) and not rest.startswith(("bucket_", "block_")) and rest != "step":
                 unexpected_keys.append(k)
 
 
@@ -228,8 +254,9 @@ def load_buckets(rows: DynamicRows, cfg: DynamicEmbeddingBagConfig, state_dict: 
         entries[b] = v
     if entries:
         rows.clear()
+        cols = None if rows.dim == cfg.embedding_dim else slice(col_offset, col_offset + rows.dim)
         for v in entries.values():
-            rows.load(v.keys, v.values[:, col_offset:col_offset + rows.dim])
+            rows.load(v, cols)
     return entries
 
 
@@ -261,39 +288,72 @@ class DynamicEmbeddingBagCollection(ExtEmbeddingBagCollection):
             self._tables.append(holder)
         self._fused = None
         if self._fused_params is not None:
+            cfgs = self._embedding_bag_configs
             self._fused = DynamicFusedUpdate(
-                {f"embedding_bags.{t.name}.rows": h.rows for t, h in zip(self._embedding_bag_configs, self._tables)},
-                self._fused_params, f"{type(self).__name__}")
+                {self._optim_key(t.name): h.rows for t, h in zip(cfgs, self._tables)},
+                self._fused_params, f"{type(self).__name__}",
+                reduce_by={self._optim_key(t.name): t.grad_reduce_by for t in cfgs})
+
+    @staticmethod
+    def _optim_key(name: str) -> str:
+        return f"embedding_bags.{name}.rows"
 
     def reset_parameters(self) -> None:
         for h in self._tables:
             h.rows.clear()
+            h.steps = 0
 
     @property
     def fused_optimizer(self):
         """The in-backward optimizer (None without fused_params)."""
         return self._fused
 
+    # --- per table: what it holds, its lifecycle ---
     def table_size(self, name: str) -> int:
-        return len(self._rows_of(name))
+        return len(self._holder(name).rows)
 
     def keys(self, name: str) -> torch.Tensor:
-        return self._rows_of(name).keys()
+        return self._holder(name).rows.keys()
 
-    def _rows_of(self, name: str) -> DynamicRows:
+    def stats(self, name: str) -> Dict[str, float]:
+        """size, capacity, admitted, rejected, evicted, load (size / capacity), ..."""
+        return self._holder(name).rows.statistics()
+
+    def evict(self, name: Optional[str] = None) -> int:
+        """Runs eviction now (one table, or all); returns the rows removed."""
+        names = [name] if name is not None else [t.name for t in self._embedding_bag_configs]
+        return sum(self._holder(n).rows.evict() for n in names)
+
+    def export_delta(self, since_step: int) -> Dict[str, KeyedRows]:
+        """Per table: the rows changed at or after training step `since_step` (values,
+        optimizer state, metadata) and the keys removed since then (`deleted`)."""
+        return {t.name: h.rows.export(since_step).cpu() for t, h in zip(self._embedding_bag_configs, self._tables)}
+
+    def import_delta(self, delta: Mapping[str, KeyedRows]) -> None:
+        """Applies an `export_delta` on top of this table's rows."""
+        for name, entry in delta.items():
+            self._holder(name).rows.load(entry)
+
+    def _holder(self, name: str) -> "DynamicTable":
         for t, h in zip(self._embedding_bag_configs, self._tables):
             if t.name == name:
-                return h.rows
+                return h
         raise KeyError(f"{type(self).__name__}: no table named '{name}'")
+
+    def forward(self, features):
+        out = super().forward(features)
+        if self.training:
+            for h in self._tables:
+                h.steps += 1
+        return out
 
     def _pool_table(self, index, values, offsets, weights):
         config = self._embedding_bag_configs[index]
         check_ids(config.name, values, None, None)
-        rows_store = self._tables[index].rows
-        rows = rows_store.lookup(values.long(), insert=self.training)
-        self._tables[index].adopt_blocks()
+        holder = self._tables[index]
+        looked = holder.rows.lookup(values.long(), insert=self.training, step=holder.steps)
+        holder.adopt_blocks()
         w = weights.float() if weights is not None else None
         if self._fused is not None:
-            return self._fused.lookup(f"embedding_bags.{config.name}.rows", rows, offsets.long(), w,
-                                      self._pooling[index])
-        return rows_store.pool(rows, offsets.long(), w, self._pooling[index])
+            return self._fused.lookup(self._optim_key(config.name), looked, offsets.long(), w, self._pooling[index])
+        return holder.rows.pool(looked, offsets.long(), w, self._pooling[index])

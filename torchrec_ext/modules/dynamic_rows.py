@@ -1,36 +1,62 @@
-"""`DynamicRows`: the rows of one dynamic table (or of one shard of it).
+"""`DynamicRows`: the rows of one dynamic table (or of one shard of it), and their lifecycle.
 
 A `HashTable` maps keys to row numbers; the rows live in blocks of `block_size` rows,
-added as the table grows, so no row ever moves. A new row gets its initial values from
-(key, global column) alone (see torchrec_ext.initializers), which makes a table the same
-function of its ids under every plan. `KeyedRows` is how rows travel in a state dict.
+added as the table grows, so no row ever moves. Next to the values, each row has:
+  * optimizer state (blocks of their own, one set per state tensor), zeroed when a row is
+    created, so a reused slot starts fresh;
+  * metadata: the step it was created, last looked up and last changed, and how often it
+    was looked up (for eviction, incremental export and statistics).
+A new row gets its initial values from (key, global column) alone (torchrec_ext.initializers),
+which makes a table the same function of its ids under every plan. Admission decides which
+unseen ids get a row; eviction which rows go. `KeyedRows` is how rows travel in a state
+dict or a delta.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from torchrec_ext.admission import AdmissionPolicy, AlwaysAdmit
+from torchrec_ext.eviction import EvictionPolicy, RowView
 from torchrec_ext.initializers import Initializer
 from torchrec_ext.modules.hash_table import HashTable
 from torchrec_ext.ops import dynamic as dyn_ops
 
 _ops = torch.ops.torchrec_ext
+META = ("created", "last_seen", "updated", "count")
 
 
 @dataclass
 class KeyedRows:
-    """Rows of a dynamic table as a state-dict value: keys [n] (sorted) and values [n, dim].
+    """Rows of a dynamic table as a state-dict value: keys [n] (sorted), values [n, dim],
+    per-row optimizer state and metadata (name -> [n, ...]), and the ids an admission
+    policy is still counting (pending_keys, pending_counts). Also a delta's `deleted` keys.
 
     Not a tensor, so torch.distributed.checkpoint stores it as one object per entry."""
 
     keys: torch.Tensor
     values: torch.Tensor
+    optimizer: Dict[str, torch.Tensor] = field(default_factory=dict)
+    metadata: Dict[str, torch.Tensor] = field(default_factory=dict)
+    pending_keys: Optional[torch.Tensor] = None
+    pending_counts: Optional[torch.Tensor] = None
+    deleted: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return int(self.keys.numel())
+
+    def select(self, mask: torch.Tensor) -> "KeyedRows":
+        return KeyedRows(self.keys[mask], self.values[mask], {k: v[mask] for k, v in self.optimizer.items()},
+                         {k: v[mask] for k, v in self.metadata.items()})
+
+    def cpu(self) -> "KeyedRows":
+        mv = lambda t: None if t is None else t.cpu()  # noqa: E731
+        return KeyedRows(self.keys.cpu(), self.values.cpu(), {k: v.cpu() for k, v in self.optimizer.items()},
+                         {k: v.cpu() for k, v in self.metadata.items()}, mv(self.pending_keys),
+                         mv(self.pending_counts), mv(self.deleted))
 
 
 def bucket_of(keys: torch.Tensor, num_buckets: int) -> torch.Tensor:
@@ -38,72 +64,176 @@ def bucket_of(keys: torch.Tensor, num_buckets: int) -> torch.Tensor:
     return dyn_ops.key_hash(keys) % num_buckets
 
 
+@dataclass
+class Lookup:
+    """Rows of a batch's ids and the blocks they index. Ids not admitted in training read
+    their initializer values from scratch rows at `real_rows` and beyond (no update)."""
+
+    rows: torch.Tensor
+    blocks: List[torch.Tensor]
+    real_rows: int
+
+
 class DynamicRows:
     def __init__(self, name: str, dim: int, dtype: torch.dtype, device: torch.device,
                  block_size: int, initial_capacity: int, max_capacity: Optional[int],
                  initializer: Initializer, seed: int, col_offset: int = 0,
-                 trainable_blocks: bool = False) -> None:
+                 trainable_blocks: bool = False, admission: Optional[AdmissionPolicy] = None,
+                 eviction: Optional[EvictionPolicy] = None, eviction_interval: int = 0) -> None:
         self.name, self.dim, self.dtype, self.device = name, dim, dtype, torch.device(device)
         self.block_size, self.initializer, self.seed = block_size, initializer, seed
         self.col_offset = col_offset
         self.initial_capacity = initial_capacity
         self.trainable_blocks = trainable_blocks
+        self.admission = (admission or AlwaysAdmit()).fresh()
+        self.eviction, self.eviction_interval = eviction, eviction_interval
         self.table = HashTable(name, initial_capacity, max_capacity, self.device)
         self.blocks: List[torch.Tensor] = []
+        self.state_widths: Dict[str, int] = {}
+        self.state_blocks: Dict[str, List[torch.Tensor]] = {}
+        self.meta = {m: torch.zeros(0, dtype=torch.long, device=self.device) for m in META}
+        self.stats = {"admitted": 0, "rejected": 0, "evicted": 0}
+        self.step = 0  # the training step of the current / last lookup
+        self.eviction_log: List[Tuple[int, torch.Tensor]] = []
         self._cover(max(initial_capacity, 1))  # kernels need one block, even for no rows
 
+    # --- storage ---
     @property
     def missing_value(self) -> float:
         return float(self.initializer.eval_value)
 
+    @property
+    def max_rows(self) -> Optional[int]:
+        return self.table.max_rows
+
     def __len__(self) -> int:
         return len(self.table)
 
+    def _new_block(self, width: int, trainable: bool, dtype) -> torch.Tensor:
+        b = torch.zeros(self.block_size, width, dtype=dtype, device=self.device)
+        return torch.nn.Parameter(b) if trainable else b
+
     def _cover(self, rows: int) -> None:
-        """Adds blocks until rows [0, rows) exist."""
+        """Adds blocks (values, optimizer state) and metadata until rows [0, rows) exist."""
         while len(self.blocks) * self.block_size < rows:
-            b = torch.zeros(self.block_size, self.dim, dtype=self.dtype, device=self.device)
-            if self.trainable_blocks:
-                b = torch.nn.Parameter(b)
-            self.blocks.append(b)
+            self.blocks.append(self._new_block(self.dim, self.trainable_blocks, self.dtype))
+        for name, width in self.state_widths.items():
+            blocks = self.state_blocks.setdefault(name, [])
+            while len(blocks) < len(self.blocks):
+                blocks.append(self._new_block(width, False, torch.float32))
+        n = len(self.blocks) * self.block_size
+        for m, t in self.meta.items():
+            if t.numel() < n:
+                grown = torch.zeros(n, dtype=torch.long, device=self.device)
+                grown[: t.numel()] = t
+                self.meta[m] = grown
 
-    def lookup(self, keys: torch.Tensor, insert: bool) -> torch.Tensor:
-        """Row of each key; with insert, absent keys get a new, initialised row; without, -1."""
-        if self.device.type == "meta":  # shape-only (planning, tracing): no table to consult
-            return torch.zeros_like(keys, dtype=torch.long)
-        if not insert:
-            return self.table.find(keys)
-        rows, inserted = self.table.find_or_insert(keys)
-        if bool(inserted.any()):
-            self._cover(self.table.rows_in_use_bound)
-            self._init_rows(rows[inserted], keys.long()[inserted])
-        return rows
-
-    def _init_rows(self, rows: torch.Tensor, keys: torch.Tensor) -> None:
-        kind, a, b = self.initializer.native()
-        with torch.no_grad():
-            _ops.block_rows_init_(self._raw_blocks(), rows, keys, kind, a, b, self.seed, self.col_offset)
+    def set_optimizer_state(self, widths: Dict[str, int]) -> None:
+        """Gives every row optimizer state of these widths (zeros), kept next to the row."""
+        if self.state_widths and self.state_widths != widths:
+            raise ValueError(f"table '{self.name}': rows already carry optimizer state {self.state_widths}")
+        self.state_widths = dict(widths)
+        self._cover(len(self.blocks) * self.block_size)
 
     def _raw_blocks(self) -> List[torch.Tensor]:
         return [b.data if isinstance(b, torch.nn.Parameter) else b for b in self.blocks]
 
-    def pool(self, rows, offsets, per_sample_weights, pooling: int) -> torch.Tensor:
-        return dyn_ops.dynamic_bag(self.blocks, rows, offsets, per_sample_weights, pooling, self.missing_value)
+    # --- lookups ---
+    def lookup(self, keys: torch.Tensor, insert: bool, step: Optional[int] = None) -> Lookup:
+        """Rows of the keys. Training (insert): absent keys the admission policy admits get
+        a new, initialised row; the others read initializer values from scratch rows.
+        Eval: absent keys are -1 (read as eval_value); nothing changes."""
+        keys = keys.long()
+        real = len(self.blocks) * self.block_size
+        if self.device.type == "meta":  # shape-only (planning, tracing): no table to consult
+            return Lookup(torch.zeros_like(keys), self.blocks, real)
+        if not insert:
+            return Lookup(self.table.find(keys), self._raw_blocks(), real)
+        if step is not None:
+            self.step = step
+        if self.eviction is not None and self.eviction_interval > 0 and self.step % self.eviction_interval == 0:
+            self.evict()
+        rows = self.table.find(keys)
+        missing = rows < 0
+        scratch: List[torch.Tensor] = []
+        if bool(missing.any()):
+            uniq, inverse, counts = torch.unique(keys[missing], return_inverse=True, return_counts=True)
+            admit = self.admission.admit(uniq, counts, self.step)
+            new = uniq[admit]
+            if new.numel():
+                self._insert(new, protect=keys[~missing])
+                self.admission.forget(new)
+            rows = self.table.find(keys)
+            rejected = uniq[~admit]
+            self.stats["rejected"] += int(rejected.numel())
+            if rejected.numel():
+                scratch = self._scratch(rejected)
+                real = len(self.blocks) * self.block_size
+                scratch_row = torch.full_like(uniq, -1)
+                scratch_row[~admit] = torch.arange(rejected.numel(), device=keys.device) + real
+                got = rows[missing]
+                rows[missing] = torch.where(got >= 0, got, scratch_row[inverse])
+        hit = rows[(rows >= 0) & (rows < real)]
+        if hit.numel():
+            u, c = torch.unique(hit, return_counts=True)
+            self.meta["last_seen"][u] = self.step
+            self.meta["count"][u] += c
+        real = len(self.blocks) * self.block_size
+        return Lookup(rows, self._raw_blocks() + scratch, real)
 
-    def pool_detached(self, rows, offsets, per_sample_weights, pooling: int) -> torch.Tensor:
-        return _ops.dynamic_bag_forward(self._raw_blocks(), rows, offsets, per_sample_weights,
+    def _scratch(self, keys: torch.Tensor) -> List[torch.Tensor]:
+        """Blocks holding the initializer values of ids that have no row."""
+        n_blocks = -(-keys.numel() // self.block_size)
+        blocks = [torch.zeros(self.block_size, self.dim, dtype=self.dtype, device=self.device)
+                  for _ in range(n_blocks)]
+        kind, a, b = self.initializer.native()
+        _ops.block_rows_init_(blocks, torch.arange(keys.numel(), device=self.device), keys, kind, a, b,
+                              self.seed, self.col_offset)
+        return blocks
+
+    def _insert(self, new: torch.Tensor, protect: torch.Tensor) -> None:
+        """Creates rows for the distinct keys `new`, evicting first if the policy is
+        capacity-bound and the table is full (never a key in `protect`)."""
+        cap = self.table.max_rows
+        if cap is not None and len(self) + new.numel() > cap and self.eviction is not None \
+                and self.eviction.capacity_bound:
+            need = len(self) + new.numel() - cap
+            view = self.row_view()
+            order = torch.argsort(self.eviction.scores(view, self.step), stable=True)
+            order = order[~torch.isin(view.keys[order], protect)]
+            if order.numel() >= need:
+                self.erase(view.keys[order[:need]])
+        rows, inserted = self.table.find_or_insert(new)
+        self._cover(self.table.rows_in_use_bound)
+        rows = rows[inserted]
+        kind, a, b = self.initializer.native()
+        with torch.no_grad():
+            _ops.block_rows_init_(self._raw_blocks(), rows, new[inserted], kind, a, b, self.seed, self.col_offset)
+            for name, blocks in self.state_blocks.items():  # a reused slot starts fresh
+                _ops.block_rows_scatter_(blocks, rows, torch.zeros(rows.numel(), self.state_widths[name],
+                                                                   device=self.device), 1.0, False)
+        for m in ("created", "last_seen", "updated"):
+            self.meta[m][rows] = self.step
+        self.meta["count"][rows] = 0
+        self.stats["admitted"] += int(rows.numel())
+
+    # --- pooling and updates ---
+    def pool(self, looked: Lookup, offsets, per_sample_weights, pooling: int) -> torch.Tensor:
+        blocks = self.blocks + looked.blocks[len(self.blocks):] if self.trainable_blocks else looked.blocks
+        return dyn_ops.dynamic_bag(blocks, looked.rows, offsets, per_sample_weights, pooling, self.missing_value)
+
+    def pool_detached(self, looked: Lookup, offsets, per_sample_weights, pooling: int) -> torch.Tensor:
+        return _ops.dynamic_bag_forward(looked.blocks, looked.rows, offsets, per_sample_weights,
                                         pooling, self.missing_value)
 
-    def backward(self, grad_output, rows, offsets, per_sample_weights, pooling: int, psw_grad: bool):
-        """(unique rows, their gradients, per-sample-weight gradient or empty)."""
-        return _ops.dynamic_bag_backward(grad_output, self._raw_blocks(), rows, offsets,
-                                         per_sample_weights, pooling, self.missing_value, psw_grad)
-
-    @torch.no_grad()
-    def add_to_rows(self, rows: torch.Tensor, delta: torch.Tensor, alpha: float) -> None:
-        """rows += alpha * delta (rows distinct)."""
-        if rows.numel():
-            _ops.block_rows_scatter_(self._raw_blocks(), rows, delta, alpha, True)
+    def backward(self, grad_output, looked: Lookup, offsets, per_sample_weights, pooling: int, psw_grad: bool):
+        """(unique rows held, their gradients, occurrences of each, psw gradient or empty)."""
+        urows, grads, gpsw = _ops.dynamic_bag_backward(grad_output, looked.blocks, looked.rows, offsets,
+                                                       per_sample_weights, pooling, self.missing_value, psw_grad)
+        keep = urows < looked.real_rows  # scratch rows (not admitted) get no update
+        rows = looked.rows
+        counts = torch.bincount(torch.searchsorted(urows, rows[(rows >= 0)]), minlength=urows.numel())
+        return urows[keep], grads[keep], counts[keep], gpsw
 
     def values(self, rows: torch.Tensor) -> torch.Tensor:
         """Float32 values of the given rows."""
@@ -111,25 +241,109 @@ class DynamicRows:
             return torch.empty(0, self.dim, device=self.device)
         return _ops.block_rows_gather(self._raw_blocks(), rows)
 
-    def export(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(keys sorted, float32 values) of every row held."""
+    def state(self, rows: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return {n: (_ops.block_rows_gather(b, rows) if rows.numel() else
+                    torch.empty(0, self.state_widths[n], device=self.device))
+                for n, b in self.state_blocks.items()}
+
+    @torch.no_grad()
+    def write(self, rows: torch.Tensor, values: torch.Tensor, state: Dict[str, torch.Tensor]) -> None:
+        """Sets values and optimizer state of distinct rows, stamping them as changed now."""
+        if rows.numel() == 0:
+            return
+        _ops.block_rows_scatter_(self._raw_blocks(), rows, values, 1.0, False)
+        for n, v in state.items():
+            _ops.block_rows_scatter_(self.state_blocks[n], rows, v, 1.0, False)
+        self.meta["updated"][rows] = self.step
+
+    @torch.no_grad()
+    def add_to_rows(self, rows: torch.Tensor, delta: torch.Tensor, alpha: float) -> None:
+        """rows += alpha * delta (rows distinct)."""
+        if rows.numel():
+            _ops.block_rows_scatter_(self._raw_blocks(), rows, delta, alpha, True)
+            self.meta["updated"][rows] = self.step
+
+    # --- lifecycle ---
+    def row_view(self) -> RowView:
         keys, rows = self.table.export()
-        return keys, self.values(rows)
+        return RowView(keys=keys, last_seen=self.meta["last_seen"][rows], count=self.meta["count"][rows],
+                       created=self.meta["created"][rows], values=lambda: self.values(rows))
+
+    def evict(self) -> int:
+        """Runs the eviction policy's expiry now; returns the number of rows removed."""
+        if self.eviction is None:
+            return 0
+        view = self.row_view()
+        mask = self.eviction.expired(view, self.step)
+        if mask is None or not bool(mask.any()):
+            return 0
+        return self.erase(view.keys[mask])
+
+    def erase(self, keys: torch.Tensor) -> int:
+        freed = self.table.erase(keys)
+        if freed.numel():
+            self.stats["evicted"] += int(freed.numel())
+            self.eviction_log.append((self.step, keys.clone()))
+        return int(freed.numel())
+
+    def statistics(self) -> Dict[str, float]:
+        cap = self.table.max_rows
+        allocated = len(self.blocks) * self.block_size
+        return {"size": len(self), "capacity": cap if cap is not None else allocated,
+                "allocated_rows": allocated, "load": len(self) / (cap if cap else max(allocated, 1)),
+                "step": self.step, **self.stats}
+
+    # --- state ---
+    def export(self, since_step: Optional[int] = None) -> KeyedRows:
+        """Every row held (keys sorted), or only those changed at or after since_step plus the
+        keys erased since then (`deleted`)."""
+        keys, rows = self.table.export()
+        deleted = None
+        if since_step is not None:
+            pick = self.meta["updated"][rows] >= since_step
+            keys, rows = keys[pick], rows[pick]
+            gone = [k for s, k in self.eviction_log if s >= since_step]
+            deleted = torch.cat(gone).unique() if gone else torch.empty(0, dtype=torch.long, device=self.device)
+            deleted = deleted[~torch.isin(deleted, keys)]
+        out = KeyedRows(keys, self.values(rows), self.state(rows), {m: self.meta[m][rows] for m in META},
+                        deleted=deleted)
+        counted = self.admission.export_counts()
+        if counted is not None:
+            out.pending_keys, out.pending_counts = counted
+        return out
 
     def keys(self) -> torch.Tensor:
         return self.table.export()[0]
 
     @torch.no_grad()
-    def load(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """Inserts (or overwrites) the given rows with the given values."""
+    def load(self, entry: KeyedRows, col_slice: Optional[slice] = None) -> None:
+        """Inserts (or overwrites) the entry's rows: values, optimizer state, metadata."""
+        keys = entry.keys.to(self.device)
+        values = entry.values if col_slice is None else entry.values[:, col_slice]
         if values.dim() != 2 or values.shape[1] != self.dim or values.shape[0] != keys.numel():
             raise ValueError(f"table '{self.name}': cannot load {tuple(values.shape)} values for "
                              f"{keys.numel()} keys into rows of dim {self.dim}")
+        if entry.deleted is not None and entry.deleted.numel():
+            self.table.erase(entry.deleted.to(self.device))
+        if entry.pending_keys is not None:
+            self.admission.import_counts(entry.pending_keys.to(self.device), entry.pending_counts.to(self.device))
         if keys.numel() == 0:
             return
-        rows, _ = self.table.find_or_insert(keys.to(self.device))
+        rows, _ = self.table.find_or_insert(keys)
         self._cover(self.table.rows_in_use_bound)
         _ops.block_rows_scatter_(self._raw_blocks(), rows, values.to(self.device, torch.float32), 1.0, False)
+        for name, blocks in self.state_blocks.items():
+            v = entry.optimizer.get(name)
+            if v is None:
+                v = torch.zeros(keys.numel(), self.state_widths[name])
+            elif col_slice is not None and v.shape[1] != 1:
+                v = v[:, col_slice]
+            _ops.block_rows_scatter_(blocks, rows, v.to(self.device, torch.float32), 1.0, False)
+        for m in META:
+            if m in entry.metadata:
+                self.meta[m][rows] = entry.metadata[m].to(self.device)
 
     def clear(self) -> None:
         self.table.clear(self.initial_capacity)
+        self.admission = self.admission.fresh()
+        self.eviction_log.clear()

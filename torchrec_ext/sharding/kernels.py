@@ -202,7 +202,8 @@ class ExtFusedPooledEmbeddingKernel(ExtPooledEmbeddingKernel, FusedOptimizerModu
                 s.optim_key = f"{s.table_name}.rows"
                 while any(o is not s and o.optim_key == s.optim_key for o in dynamic):
                     s.optim_key += "_cw"  # several column shards of one table on this rank
-            self._optim = DynamicFusedUpdate({s.optim_key: s.rows for s in dynamic}, fused_params, where)
+            self._optim = DynamicFusedUpdate({s.optim_key: s.rows for s in dynamic}, fused_params, where,
+                                             reduce_by={s.optim_key: s.config.grad_reduce_by for s in dynamic})
             for s in dynamic:
                 s.optimizer = self._optim
             return

@@ -14,7 +14,7 @@ plans and world sizes key by key.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, List, Tuple
+from typing import Dict, List, Mapping, Optional
 
 import torch
 import torch.distributed as dist
@@ -23,6 +23,8 @@ from torch.nn.modules.module import _IncompatibleKeys
 from torchrec.distributed.types import ShardingType
 
 from torchrec_ext.modules.dynamic_embedding_bag import bucket_entries, bucket_key, load_buckets
+from torchrec_ext.modules.dynamic_rows import KeyedRows, bucket_of
+from torchrec_ext.modules.row_optim import PER_ROW_STATES
 from torchrec_ext.sharding.dynamic_shard import DynamicLocalShard
 from torchrec_ext.sharding.hash_rw import ExtDynamicRwPooledEmbeddingSharding
 from torchrec_ext.sharding.sharded_collection import ShardedExtEmbeddingBagCollection
@@ -75,21 +77,74 @@ class ShardedDynamicEmbeddingBagCollection(ShardedExtEmbeddingBagCollection):
         me = placements.index(self._env.rank)
         return [b for b in range(cfg.key_buckets) if b % len(placements) == me]
 
-    def _full_rows(self, table: str) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(keys, full-width values) of what this rank holds; column-wise tables gather
-        their columns from every holder (every rank must call this for those tables)."""
+    def _full_entry(self, table: str, since_step=None) -> KeyedRows:
+        """What this rank holds of a table, full width: column-wise tables gather their
+        columns from every holder (every rank must call this for those tables)."""
         shards = self._dynamic_shards[table]
         if self.module_sharding_plan[table].sharding_type != ShardingType.COLUMN_WISE.value:
-            return shards[0].rows.export()
-        local = [(int(s.metadata.shard_offsets[1]), *s.rows.export()) for s in shards]
+            return shards[0].rows.export(since_step)
+        local = [(int(s.metadata.shard_offsets[1]), s.rows.export(since_step).cpu()) for s in shards]
         gathered: List = [None] * dist.get_world_size(self._env.process_group)
         dist.all_gather_object(gathered, local, group=self._env.process_group)
         pieces = sorted((p for per_rank in gathered for p in per_rank), key=lambda p: p[0])
-        keys = pieces[0][1]
-        for _, k, _ in pieces[1:]:
-            if not torch.equal(k, keys):
+        first = pieces[0][1]
+        for _, e in pieces[1:]:
+            if not torch.equal(e.keys, first.keys):
                 raise RuntimeError(f"table '{table}': column shards hold different keys")
-        return keys, torch.cat([v for _, _, v in pieces], dim=1)
+        cat = lambda name: torch.cat([e.optimizer[name] for _, e in pieces], dim=1)  # noqa: E731
+        # per-column optimizer state is concatenated; per-row state (each column shard
+        # keeps its own, as FBGEMM does) is taken from the first shard
+        optimizer = {n: (v if n in PER_ROW_STATES else cat(n)) for n, v in first.optimizer.items()}
+        return KeyedRows(first.keys, torch.cat([e.values for _, e in pieces], dim=1), optimizer,
+                         first.metadata, first.pending_keys, first.pending_counts, first.deleted)
+
+    # --- lifecycle, per rank ---
+    def stats(self, name: str) -> Dict[str, float]:
+        """This rank's statistics of `name` (first column shard; empty if it holds none)."""
+        shards = self._shards_of(name)
+        return shards[0].rows.statistics() if shards else {}
+
+    def evict(self, name: Optional[str] = None) -> int:
+        """Runs eviction now on this rank's shards (one table, or all); rows removed."""
+        names = [name] if name is not None else list(self._table_names)
+        removed = 0
+        for n in names:
+            for k, s in enumerate(self._shards_of(n)):
+                r = s.rows.evict()
+                removed += r if k == 0 else 0
+        return removed
+
+    def export_delta(self, since_step: int) -> Dict[str, KeyedRows]:
+        """Per table, what this rank holds that changed at or after `since_step` (full
+        width; column-wise tables gather, so every rank must call this)."""
+        out = {}
+        for t in self._table_names:
+            cw = self.module_sharding_plan[t].sharding_type == ShardingType.COLUMN_WISE.value
+            if self._dynamic_shards[t] or cw:
+                entry = self._full_entry(t, since_step) if (self._dynamic_shards[t] or cw) else None
+                if self._dynamic_shards[t]:
+                    out[t] = entry.cpu()
+        return out
+
+    def import_delta(self, delta: Mapping[str, KeyedRows]) -> None:
+        """Applies deltas (from any plan or rank): each rank takes the keys it holds."""
+        for t, entry in delta.items():
+            cfg = self._table_name_to_config[t]
+            owned = set(self._owned_buckets(t))
+            if not owned:
+                continue
+            mine = torch.tensor([int(b) in owned for b in bucket_of(entry.keys, cfg.key_buckets)],
+                                dtype=torch.bool) if entry.keys.numel() else torch.zeros(0, dtype=torch.bool)
+            part = entry.select(mine)
+            if entry.deleted is not None:
+                gone = entry.deleted
+                keep = torch.tensor([int(b) in owned for b in bucket_of(gone, cfg.key_buckets)],
+                                    dtype=torch.bool) if gone.numel() else torch.zeros(0, dtype=torch.bool)
+                part.deleted = gone[keep]
+            for s in self._dynamic_shards[t]:
+                col = int(s.metadata.shard_offsets[1]) if s.metadata is not None else 0
+                cols = None if s.rows.dim == cfg.embedding_dim else slice(col, col + s.rows.dim)
+                s.rows.load(part, cols)
 
     # --- state ---
     def state_dict(self, destination=None, prefix: str = "", keep_vars: bool = False):
@@ -100,12 +155,13 @@ class ShardedDynamicEmbeddingBagCollection(ShardedExtEmbeddingBagCollection):
             owned = self._owned_buckets(t)
             if not owned and not cw:
                 continue
-            keys, values = self._full_rows(t)  # a collective for column-wise tables
+            entry = self._full_entry(t)  # a collective for column-wise tables
             if not owned:
                 continue
             n = self._table_name_to_config[t].key_buckets
-            for b, entry in bucket_entries(keys, values, owned, n).items():
-                destination[bucket_key(f"{prefix}embedding_bags.{t}.", b)] = entry
+            for b, e in bucket_entries(entry, owned, n).items():
+                destination[bucket_key(f"{prefix}embedding_bags.{t}.", b)] = e
+            destination[f"{prefix}embedding_bags.{t}.step"] = torch.tensor(self._dynamic_shards[t][0].steps)
         return destination
 
     @torch.no_grad()
@@ -116,10 +172,13 @@ class ShardedDynamicEmbeddingBagCollection(ShardedExtEmbeddingBagCollection):
             cfg = self._table_name_to_config[t]
             prefix = f"embedding_bags.{t}."
             known.update(bucket_key(prefix, b) for b in range(cfg.key_buckets))
+            known.add(prefix + "step")
             owned = self._owned_buckets(t)
             for s in self._dynamic_shards[t]:
                 col = int(s.metadata.shard_offsets[1]) if s.metadata is not None else 0
                 load_buckets(s.rows, cfg, state_dict, prefix, owned, col_offset=col)
+                if prefix + "step" in state_dict:
+                    s.steps = int(state_dict[prefix + "step"])
             missing += [bucket_key(prefix, b) for b in owned if bucket_key(prefix, b) not in state_dict]
         unexpected = [k for k in state_dict if k not in known]
         if strict and (missing or unexpected):

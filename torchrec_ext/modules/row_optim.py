@@ -1,0 +1,79 @@
+"""Per-row optimizer math of dynamic tables (FBGEMM's TBE semantics, on touched rows only).
+
+Every row carries its own state next to its values; an update reads the touched rows'
+values and state, and writes both back:
+  sgd              w -= lr * g
+  adagrad          s += g^2;          w -= lr * g / (sqrt(s) + eps)
+  rowwise_adagrad  m += mean_j g^2;   w -= lr * g / (sqrt(m) + eps)
+  adam             t += 1; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+                   w -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps) + lr * wd * w
+(t is the row's own step: a row's bias correction counts the steps that touched it.)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional
+
+import torch
+from fbgemm_gpu.split_embedding_configs import EmbOptimType
+
+SGD, ADAGRAD, ROWWISE_ADAGRAD, ADAM = "sgd", "adagrad", "rowwise_adagrad", "adam"
+
+KINDS = {
+    EmbOptimType.SGD: SGD,
+    EmbOptimType.EXACT_SGD: SGD,
+    EmbOptimType.EXACT_ADAGRAD: ADAGRAD,
+    EmbOptimType.EXACT_ROWWISE_ADAGRAD: ROWWISE_ADAGRAD,
+    EmbOptimType.ROWWISE_ADAGRAD: ROWWISE_ADAGRAD,
+    EmbOptimType.ADAM: ADAM,
+}
+
+DEFAULTS = {"learning_rate": 0.01, "eps": 1.0e-8, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.0}
+
+
+def row_optimizer_kind(fused_params: Optional[Mapping[str, Any]], where: str) -> str:
+    opt = (fused_params or {}).get("optimizer", EmbOptimType.EXACT_SGD)
+    if isinstance(opt, str):
+        opt = EmbOptimType(opt)
+    if opt not in KINDS:
+        raise ValueError(f"{where}: fused optimizer {opt} is not supported for dynamic tables; use one of "
+                         f"{sorted({o.value for o in KINDS})}")
+    return KINDS[opt]
+
+
+def state_widths(kind: str, dim: int) -> Dict[str, int]:
+    """Per-row state tensors of an optimizer: name -> columns. "per_row" ones are not
+    split by column-wise plans (each column shard keeps its own, as FBGEMM does)."""
+    return {SGD: {}, ADAGRAD: {"sum": dim}, ROWWISE_ADAGRAD: {"momentum1": 1},
+            ADAM: {"exp_avg": dim, "exp_avg_sq": dim, "step": 1}}[kind]
+
+
+PER_ROW_STATES = ("momentum1", "step")
+
+
+def hyper_parameters(fused_params: Optional[Mapping[str, Any]]) -> Dict[str, float]:
+    fused_params = fused_params or {}
+    return {k: float(fused_params.get(k, v)) for k, v in DEFAULTS.items()}
+
+
+@torch.no_grad()
+def update(kind: str, w: torch.Tensor, g: torch.Tensor, state: Dict[str, torch.Tensor],
+           hp: Mapping[str, float]):
+    """New values and state of the touched rows ([U, dim] float32 each)."""
+    lr, eps = hp["learning_rate"], hp["eps"]
+    if kind == SGD:
+        return w - lr * g, state
+    if kind == ADAGRAD:
+        s = state["sum"] + g * g
+        return w - lr * g / (s.sqrt() + eps), {"sum": s}
+    if kind == ROWWISE_ADAGRAD:
+        m = state["momentum1"] + (g * g).mean(dim=1, keepdim=True)
+        return w - lr * g / (m.sqrt() + eps), {"momentum1": m}
+    b1, b2, wd = hp["beta1"], hp["beta2"], hp["weight_decay"]
+    t = state["step"] + 1
+    m = b1 * state["exp_avg"] + (1 - b1) * g
+    v = b2 * state["exp_avg_sq"] + (1 - b2) * g * g
+    m_hat = m / (1 - b1 ** t)
+    v_hat = v / (1 - b2 ** t)
+    new_w = w - lr * (m_hat / (v_hat.sqrt() + eps)) - lr * wd * w
+    return new_w, {"exp_avg": m, "exp_avg_sq": v, "step": t}
