@@ -164,11 +164,11 @@ class DynamicRows:
                 self._insert(new, protect=keys[~missing])
                 self.admission.forget(new)
             rows = self.table.find(keys)
+            real = len(self.blocks) * self.block_size  # insertion may have added blocks
             rejected = uniq[~admit]
             self.stats["rejected"] += int(rejected.numel())
             if rejected.numel():
                 scratch = self._scratch(rejected)
-                real = len(self.blocks) * self.block_size
                 scratch_row = torch.full_like(uniq, -1)
                 scratch_row[~admit] = torch.arange(rejected.numel(), device=keys.device) + real
                 got = rows[missing]
@@ -178,7 +178,6 @@ class DynamicRows:
             u, c = torch.unique(hit, return_counts=True)
             self.meta["last_seen"][u] = self.step
             self.meta["count"][u] += c
-        real = len(self.blocks) * self.block_size
         return Lookup(rows, self._raw_blocks() + scratch, real)
 
     def _scratch(self, keys: torch.Tensor) -> List[torch.Tensor]:
