@@ -29,9 +29,11 @@ from torchrec_ext import (
     QREmbeddingBagCollection,
     QREmbeddingBagConfig,
 )
+from torchrec_ext.admission import FrequencyAdmission, ProbabilisticAdmission
+from torchrec_ext.eviction import TTLEviction
 from torchrec_ext.initializers import Normal
 from torchrec_ext.modules.dynamic_rows import KeyedRows
-from torchrec_ext.sharding import get_sharders, make_planner
+from torchrec_ext.sharding import DynamicEmbeddingBagCollectionSharder, get_sharders, make_planner
 
 PER_RANK_BATCH = 4
 LR = 0.1
@@ -42,8 +44,19 @@ FEATURES = ["f_std", "f_a", "f_q", "f_u", "f_i", "f_shared"]
 OUT_DIM = 16 * 5 + 8 * 2
 
 
+DYNAMIC_OPTIMIZERS = {"sgd": EmbOptimType.EXACT_SGD, "adam": EmbOptimType.ADAM,
+                      "adagrad": EmbOptimType.EXACT_ADAGRAD, "rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD}
+
+
+def dynamic_fused(optimizer: str):
+    return {"optimizer": DYNAMIC_OPTIMIZERS[optimizer], "learning_rate": LR}
+
+
 class WithDynamic(nn.Module):
-    def __init__(self):
+    """lifecycle: d_users admits an id at its second sighting and drops rows unseen for
+    two steps; d_items always admits with probability 0.6 per sighting (by id, seed, step)."""
+
+    def __init__(self, optimizer: str = "sgd", lifecycle: bool = False):
         super().__init__()
         self.ebc = EmbeddingBagCollection(tables=[EmbeddingBagConfig(
             name="std0", num_embeddings=120, embedding_dim=16, feature_names=["f_std"])])
@@ -54,13 +67,16 @@ class WithDynamic(nn.Module):
             name="q_mult", num_embeddings=3000, embedding_dim=16, feature_names=["f_q"], num_collisions=50)])
         self.dyn = DynamicEmbeddingBagCollection(
             tables=[
-                DynamicEmbeddingBagConfig(name="d_users", num_embeddings=500, embedding_dim=16,
-                                          feature_names=["f_u", "f_shared"], block_size=8),
-                DynamicEmbeddingBagConfig(name="d_items", num_embeddings=500, embedding_dim=8,
-                                          feature_names=["f_i", "f_shared"], pooling=PoolingType.MEAN,
-                                          block_size=4, initializer=Normal(0.0, 0.1), key_buckets=16),
+                DynamicEmbeddingBagConfig(
+                    name="d_users", num_embeddings=500, embedding_dim=16, feature_names=["f_u", "f_shared"],
+                    block_size=8, admission=FrequencyAdmission(2) if lifecycle else None,
+                    eviction=TTLEviction(2) if lifecycle else None, eviction_interval=1 if lifecycle else 0),
+                DynamicEmbeddingBagConfig(
+                    name="d_items", num_embeddings=500, embedding_dim=8, feature_names=["f_i", "f_shared"],
+                    pooling=PoolingType.MEAN, block_size=4, initializer=Normal(0.0, 0.1), key_buckets=16,
+                    admission=ProbabilisticAdmission(0.6, seed=3)),
             ],
-            fused_params=FUSED,
+            fused_params=dynamic_fused(optimizer),
         )
 
     def forward(self, kjt: KeyedJaggedTensor) -> torch.Tensor:
@@ -101,9 +117,12 @@ def kjt_for(batch, lo: int, hi: int) -> KeyedJaggedTensor:
     return KeyedJaggedTensor.from_lengths_sync(keys=FEATURES, values=torch.cat(vals), lengths=torch.cat(lens))
 
 
-def shard(model, world_size, sharding_type):
+def shard(model, world_size, sharding_type, optimizer: str = "sgd"):
     constraints = {name: ParameterConstraints(sharding_types=[sharding_type], min_partition=4) for name in TABLES}
-    sharders = get_sharders(fused_params=FUSED)
+    # standard, hashed and QR tables train with SGD; the dynamic collection with `optimizer`
+    sharders = [DynamicEmbeddingBagCollectionSharder(fused_params=dynamic_fused(optimizer))
+                if isinstance(s, DynamicEmbeddingBagCollectionSharder) else s
+                for s in get_sharders(fused_params=FUSED)]
     planner = make_planner(Topology(world_size=world_size, compute_device="cpu"), batch_size=PER_RANK_BATCH,
                            constraints=constraints)
     plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
@@ -140,12 +159,19 @@ def gathered_dynamic_state(dmp):
 
 
 def assert_same_rows(state, ref_state):
+    """Same keys, values, optimizer state and metadata in every bucket."""
     ref = {k: v for k, v in ref_state.items() if isinstance(v, KeyedRows)}
     state = {k: v for k, v in state.items() if isinstance(v, KeyedRows)}
     assert sorted(state) == sorted(ref), (sorted(set(state) ^ set(ref)))[:5]
     for k, v in ref.items():
         assert torch.equal(state[k].keys, v.keys), k
         torch.testing.assert_close(state[k].values, v.values, atol=1e-6, rtol=1e-6, msg=lambda m: f"{k}: {m}")
+        assert sorted(state[k].optimizer) == sorted(v.optimizer), k
+        for name, t in v.optimizer.items():
+            torch.testing.assert_close(state[k].optimizer[name], t, atol=1e-6, rtol=1e-5,
+                                       msg=lambda m: f"{k} {name}: {m}")
+        for name, t in v.metadata.items():
+            assert torch.equal(state[k].metadata[name], t), (k, name)
 
 
 def assert_dense_match(sd, ref_sd):
@@ -178,15 +204,48 @@ def assert_key_placement(dmp, ref, sharding_type):
             assert any(per_rank), name
 
 
-def equivalence(rank, world_size, sharding_type):
+def check_lifecycle_api(sharded, ref, sharding_type):
+    """Per-rank stats, incremental export and on-demand eviction add up to the unsharded ones."""
+    world = dist.get_world_size()
+    for name in DYNAMIC_TABLES:
+        per_rank = [None] * world
+        dist.all_gather_object(per_rank, sharded.stats(name))
+        holders = [s for s in per_rank if s]
+        total = sum(s["size"] for s in holders) if sharding_type == ShardingType.ROW_WISE.value else holders[0]["size"]
+        assert total == ref.stats(name)["size"], (name, per_rank)
+    deltas = [None] * world
+    dist.all_gather_object(deltas, sharded.export_delta(2))
+    expected = ref.export_delta(2)
+    for name in DYNAMIC_TABLES:
+        parts = [d[name] for d in deltas if name in d]
+        keys = torch.cat([p.keys for p in parts])
+        values = torch.cat([p.values for p in parts])
+        order = torch.argsort(keys)
+        if sharding_type != ShardingType.ROW_WISE.value:
+            keys, values, order = parts[0].keys, parts[0].values, torch.argsort(parts[0].keys)
+        assert torch.equal(keys[order], expected[name].keys), name
+        torch.testing.assert_close(values[order], expected[name].values, atol=1e-6, rtol=1e-6)
+    sharded.evict(), ref.evict()
+    assert_key_placement_of(sharded, ref, sharding_type)
+
+
+def assert_key_placement_of(sharded, ref, sharding_type):
+    for name in DYNAMIC_TABLES:
+        per_rank = [None] * dist.get_world_size()
+        dist.all_gather_object(per_rank, sharded.keys(name).tolist())
+        held = set().union(*map(set, per_rank))
+        assert held == set(ref.keys(name).tolist()), name
+
+
+def equivalence(rank, world_size, sharding_type, optimizer="sgd", lifecycle=False):
     torch.manual_seed(0)
-    ref, model = WithDynamic(), WithDynamic()
+    ref, model = WithDynamic(optimizer, lifecycle), WithDynamic(optimizer, lifecycle)
     model.load_state_dict(ref.state_dict())
-    dmp = shard(model, world_size, sharding_type)
+    dmp = shard(model, world_size, sharding_type, optimizer)
     dmp.load_state_dict(ref.state_dict())
     lo, hi = rank * PER_RANK_BATCH, (rank + 1) * PER_RANK_BATCH
     n = world_size * PER_RANK_BATCH
-    for seed in (1, 2):  # two steps: the second reads rows the first created and updated
+    for seed in (1, 2, 3, 4):  # later steps read rows earlier ones created, updated, evicted
         batch = global_kjt(world_size, seed)
         grad_out = torch.randn(n, OUT_DIM, generator=torch.Generator().manual_seed(seed + 10))
         out = step(dmp, kjt_for(batch, lo, hi), grad_out[lo:hi], 1)
@@ -195,6 +254,8 @@ def equivalence(rank, world_size, sharding_type):
     assert_same_rows(gathered_dynamic_state(dmp), ref.state_dict())
     assert_dense_match(dmp.state_dict(), ref.state_dict())
     assert_key_placement(dmp, ref, sharding_type)
+    if lifecycle:
+        check_lifecycle_api(dmp.module.dyn, ref.dyn, sharding_type)
     # eval: nothing inserted, unseen ids read as zeros, same outputs as unsharded
     dmp.eval(), ref.eval()
     batch = global_kjt(world_size, 7)
@@ -215,59 +276,87 @@ def dyn_cw(rank, world_size, **_):
     equivalence(rank, world_size, ShardingType.COLUMN_WISE.value)
 
 
-DYNAMIC_EQUIVALENCE = ["dyn_tw", "dyn_rw", "dyn_cw"]
+def dyn_rw_adam_lifecycle(rank, world_size, **_):
+    equivalence(rank, world_size, ShardingType.ROW_WISE.value, "adam", lifecycle=True)
+
+
+def dyn_tw_rowwise_adagrad(rank, world_size, **_):
+    equivalence(rank, world_size, ShardingType.TABLE_WISE.value, "rowwise_adagrad")
+
+
+def dyn_rw_adagrad(rank, world_size, **_):
+    equivalence(rank, world_size, ShardingType.ROW_WISE.value, "adagrad", lifecycle=True)
+
+
+DYNAMIC_EQUIVALENCE = ["dyn_tw", "dyn_rw", "dyn_cw", "dyn_rw_adam_lifecycle", "dyn_tw_rowwise_adagrad",
+                       "dyn_rw_adagrad"]
+
+
+SAVE_STEPS = 3
 
 
 def _trained(world_size):
-    """The unsharded model after one step on the global batch (the same on every rank)."""
+    """The unsharded model after SAVE_STEPS steps on global batches (the same on every rank)."""
     torch.manual_seed(0)
-    ref = WithDynamic()
+    ref = WithDynamic("adam", lifecycle=True)
     n = world_size * PER_RANK_BATCH
-    grad_out = torch.randn(n, OUT_DIM, generator=torch.Generator().manual_seed(11))
-    step(ref, kjt_for(global_kjt(world_size, 1), 0, n), grad_out, world_size)
-    return ref, grad_out
+    for s in range(SAVE_STEPS):
+        grad_out = torch.randn(n, OUT_DIM, generator=torch.Generator().manual_seed(11 + s))
+        step(ref, kjt_for(global_kjt(world_size, 1 + s), 0, n), grad_out, world_size)
+    return ref
 
 
 def dyn_checkpoint_save(rank, world_size, ckpt_dir, **_):
-    """Train one step row-wise on 2 ranks and save with DCP (rank 0 also saves the expected state)."""
+    """Train SAVE_STEPS steps row-wise on 2 ranks (Adam, admission, TTL eviction) and save with
+    DCP; rank 0 also saves the unsharded model's state after the same steps."""
     import torch.distributed.checkpoint as dcp
 
     path = os.path.join(ckpt_dir, "dynamic")
     torch.manual_seed(0)
-    ref0 = WithDynamic()
-    dmp = shard(WithDynamic(), world_size, ShardingType.ROW_WISE.value)
+    ref0 = WithDynamic("adam", lifecycle=True)
+    dmp = shard(WithDynamic("adam", lifecycle=True), world_size, ShardingType.ROW_WISE.value, "adam")
     dmp.load_state_dict(ref0.state_dict())
-    expected, grad_out = _trained(world_size)
+    expected = _trained(world_size)
     lo, hi = rank * PER_RANK_BATCH, (rank + 1) * PER_RANK_BATCH
-    step(dmp, kjt_for(global_kjt(world_size, 1), lo, hi), grad_out[lo:hi], 1)
+    n = world_size * PER_RANK_BATCH
+    for s in range(SAVE_STEPS):
+        grad_out = torch.randn(n, OUT_DIM, generator=torch.Generator().manual_seed(11 + s))
+        step(dmp, kjt_for(global_kjt(world_size, 1 + s), lo, hi), grad_out[lo:hi], 1)
     assert_same_rows(gathered_dynamic_state(dmp), expected.state_dict())
     dcp.save(dmp.state_dict(), checkpoint_id=path)
     if rank == 0:
         torch.save(expected.state_dict(), os.path.join(path, "expected.pt"))
 
 
+def continue_after_load(dmp, ref, world_size, rank, steps=3):
+    """Steps the loaded sharded model and the unsharded reference alike: outputs must agree."""
+    lo, hi = rank * PER_RANK_BATCH, (rank + 1) * PER_RANK_BATCH
+    n = world_size * PER_RANK_BATCH
+    for s in range(steps):
+        batch = global_kjt(world_size, 20 + s)
+        grad_out = torch.randn(n, OUT_DIM, generator=torch.Generator().manual_seed(30 + s))
+        out = step(dmp, kjt_for(batch, lo, hi), grad_out[lo:hi], 1)
+        ref_out = step(ref, kjt_for(batch, 0, n), grad_out, world_size)
+        torch.testing.assert_close(out, ref_out[lo:hi], atol=1e-5, rtol=1e-5)
+
+
 def dyn_checkpoint_load(rank, world_size, ckpt_dir, **_):
     """Load the 2-rank row-wise checkpoint on this world, row-wise and column-wise: the same
-    keys and values, and the same outputs and rows after another step."""
+    keys, values, optimizer state and metadata, and the same outputs and rows over further
+    steps as the unsharded model continuing from the same state."""
     import torch.distributed.checkpoint as dcp
 
     path = os.path.join(ckpt_dir, "dynamic")
     expected = torch.load(os.path.join(path, "expected.pt"), weights_only=False)
-    lo, hi = rank * PER_RANK_BATCH, (rank + 1) * PER_RANK_BATCH
-    n = world_size * PER_RANK_BATCH
     for sharding_type in (ShardingType.ROW_WISE.value, ShardingType.COLUMN_WISE.value):
         torch.manual_seed(123)  # other initial weights: everything must come from the checkpoint
-        dmp = shard(WithDynamic(), world_size, sharding_type)
+        dmp = shard(WithDynamic("adam", lifecycle=True), world_size, sharding_type, "adam")
         state = dmp.state_dict()
         dcp.load(state, checkpoint_id=path)
         dmp.load_state_dict(state)
         assert_same_rows(gathered_dynamic_state(dmp), expected)
-        ref = WithDynamic()
+        ref = WithDynamic("adam", lifecycle=True)
         ref.load_state_dict(expected)
         assert_key_placement(dmp, ref, sharding_type)
-        batch = global_kjt(world_size, 5)
-        grad_out = torch.randn(n, OUT_DIM, generator=torch.Generator().manual_seed(12))
-        out = step(dmp, kjt_for(batch, lo, hi), grad_out[lo:hi], 1)
-        ref_out = step(ref, kjt_for(batch, 0, n), grad_out, world_size)
-        torch.testing.assert_close(out, ref_out[lo:hi], atol=1e-5, rtol=1e-5)
+        continue_after_load(dmp, ref, world_size, rank)
         assert_same_rows(gathered_dynamic_state(dmp), ref.state_dict())

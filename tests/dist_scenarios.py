@@ -305,11 +305,8 @@ def checkpoint_load(rank, world_size, ckpt_dir, **_):
 
 
 # Dynamic-table scenarios run in the same worlds (one spawn per world size).
-from dist_dynamic_scenarios import (  # noqa: E402,F401
-    DYNAMIC_EQUIVALENCE,
-    dyn_checkpoint_load,
-    dyn_checkpoint_save,
-    dyn_cw,
-    dyn_rw,
-    dyn_tw,
-)
+import dist_dynamic_scenarios as _dynamic  # noqa: E402
+
+DYNAMIC_EQUIVALENCE = _dynamic.DYNAMIC_EQUIVALENCE
+for _name in DYNAMIC_EQUIVALENCE + ["dyn_checkpoint_save", "dyn_checkpoint_load"]:
+    globals()[_name] = getattr(_dynamic, _name)

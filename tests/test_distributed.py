@@ -77,7 +77,8 @@ def test_dynamic_checkpoint_loads_row_and_column_wise_on_4_ranks(worlds):
 
 
 def test_dynamic_checkpoint_loads_unsharded_in_one_process(worlds):
-    """World size 1: the 2-rank checkpoint's keys and values, and the next step, unsharded."""
+    """World size 1: the 2-rank checkpoint's rows, optimizer state and metadata, and further
+    steps, unsharded."""
     import torch.distributed.checkpoint as dcp
     import dist_dynamic_scenarios as dyn
 
@@ -85,16 +86,16 @@ def test_dynamic_checkpoint_loads_unsharded_in_one_process(worlds):
     path = os.path.join(worlds["ckpt"], "dynamic")
     expected = torch.load(os.path.join(path, "expected.pt"), weights_only=False)
     torch.manual_seed(321)
-    model = dyn.WithDynamic()
+    model = dyn.WithDynamic("adam", lifecycle=True)
     state = model.state_dict()
     dcp.load(state, checkpoint_id=path)
     model.load_state_dict(state)
     dyn.assert_same_rows(model.state_dict(), expected)
     dyn.assert_dense_match(model.state_dict(), expected)
-    ref = dyn.WithDynamic()
+    ref = dyn.WithDynamic("adam", lifecycle=True)
     ref.load_state_dict(expected)
-    batch = dyn.global_kjt(2, 5)
-    kjt = dyn.kjt_for(batch, 0, 2 * dyn.PER_RANK_BATCH)
-    grad_out = torch.randn(2 * dyn.PER_RANK_BATCH, dyn.OUT_DIM, generator=torch.Generator().manual_seed(12))
-    torch.testing.assert_close(dyn.step(model, kjt, grad_out, 2), dyn.step(ref, kjt, grad_out, 2))
+    for s in range(3):
+        batch = dyn.kjt_for(dyn.global_kjt(2, 20 + s), 0, 2 * dyn.PER_RANK_BATCH)
+        grad_out = torch.randn(2 * dyn.PER_RANK_BATCH, dyn.OUT_DIM, generator=torch.Generator().manual_seed(30 + s))
+        torch.testing.assert_close(dyn.step(model, batch, grad_out, 2), dyn.step(ref, batch, grad_out, 2))
     dyn.assert_same_rows(model.state_dict(), ref.state_dict())

@@ -25,6 +25,7 @@ from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.types import ModuleSharder, ShardingType
 
 from torchrec_ext.modules.collection_base import ExtEmbeddingBagCollection
+from torchrec_ext.modules.row_optim import row_optimizer_kind, state_widths
 from torchrec_ext.sharding.fused_optim import ADAGRAD, ROWWISE_ADAGRAD, optimizer_kind
 
 
@@ -63,14 +64,15 @@ class ExtStorageEstimator(EmbeddingStorageEstimator):
                 continue
             dp = option.sharding_type == ShardingType.DATA_PARALLEL.value
             fused = sharder_data_map[option.module_type_key].fused_params if sharder_data_map else {}
+            dynamic = hasattr(cfg, "storage_bytes")
             # DP tables train with the dense optimizer, charged by TorchRec.
-            kind = None if dp else optimizer_kind(fused, option.name)
+            kind = None if (dp or dynamic) else optimizer_kind(fused, option.name)
             elem = option.tensor.element_size()
             for shard in option.shards:
                 view_bytes = shard.size[0] * shard.size[1] * elem
-                if hasattr(cfg, "storage_bytes"):  # dynamic tables: charged for their capacity
-                    per_row = optimizer_state_bytes(kind, 1, shard.size[1], elem) if kind else 0
-                    extra = cfg.storage_bytes(option.sharding_type, shard.size, per_row) - view_bytes
+                if dynamic:  # charged for their capacity, with per-row optimizer state (fp32)
+                    widths = state_widths(row_optimizer_kind(fused, option.name), shard.size[1])
+                    extra = cfg.storage_bytes(option.sharding_type, shard.size, 4 * sum(widths.values())) - view_bytes
                 else:
                     pieces = cfg.state_pieces(option.sharding_type, shard.offset, shard.size)
                     extra = sum(p.numel for p in pieces) * elem - view_bytes

@@ -13,6 +13,7 @@ from torchrec.distributed.types import ModuleSharder, ShardingType
 from torchrec_ext.modules.dynamic_embedding_bag import DynamicEmbeddingBagCollection
 from torchrec_ext.modules.hashed_embedding_bag import HashedEmbeddingBagCollection
 from torchrec_ext.modules.qr_embedding_bag import QREmbeddingBagCollection
+from torchrec_ext.modules.row_optim import row_optimizer_kind
 from torchrec_ext.sharding.fused_optim import optimizer_kind
 from torchrec_ext.sharding.sharded_collection import ShardedExtEmbeddingBagCollection, planner_view
 from torchrec_ext.sharding.sharded_dynamic import ShardedDynamicEmbeddingBagCollection
@@ -30,9 +31,10 @@ class ExtEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
 
     module_cls: Type[nn.Module] = nn.Module
     sharded_cls: Type[nn.Module] = ShardedExtEmbeddingBagCollection
+    check_optimizer = staticmethod(optimizer_kind)
 
     def __init__(self, fused_params: Optional[Dict[str, Any]] = None, **kwargs: Any) -> None:
-        optimizer_kind(fused_params, type(self).__name__)  # fail early on an unsupported optimizer
+        self.check_optimizer(fused_params, type(self).__name__)  # fail early on an unsupported optimizer
         super().__init__(fused_params=fused_params, **kwargs)
 
     def shard(self, module, params, env, device=None, module_fqn=None):
@@ -79,6 +81,7 @@ class DynamicEmbeddingBagCollectionSharder(ExtEmbeddingBagCollectionSharder):
 
     module_cls = DynamicEmbeddingBagCollection
     sharded_cls = ShardedDynamicEmbeddingBagCollection
+    check_optimizer = staticmethod(row_optimizer_kind)  # dynamic tables also train with Adam
 
     def sharding_types(self, compute_device_type: str) -> List[str]:
         return [t for t in EXT_SHARDING_TYPES if t != ShardingType.DATA_PARALLEL.value]
