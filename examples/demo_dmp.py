@@ -35,7 +35,9 @@ from torchrec_ext import (
     QREmbeddingBagCollection,
     QREmbeddingBagConfig,
 )
-from torchrec_ext.sharding import DynamicEmbeddingBagCollectionSharder, get_sharders, make_planner
+from torchrec_ext.admission import FrequencyAdmission
+from torchrec_ext.eviction import LFUEviction
+from torchrec_ext.sharding import get_sharders, make_planner
 
 STANDARD = {"country": 200, "device": 50}
 HASHED = {"user_id": 2_000_000}
@@ -67,7 +69,10 @@ class DemoModel(nn.Module):
             device=device,
         )
         self.dynamic = DynamicEmbeddingBagCollection(
-            tables=[DynamicEmbeddingBagConfig(name=f"d_{f}", num_embeddings=n, embedding_dim=DIM, feature_names=[f])
+            # a row once an id has been seen twice; at most 4096 rows, least frequent out first
+            tables=[DynamicEmbeddingBagConfig(name=f"d_{f}", num_embeddings=n, embedding_dim=DIM, feature_names=[f],
+                                              admission=FrequencyAdmission(2), max_capacity=4096,
+                                              eviction=LFUEviction())
                     for f, n in DYNAMIC.items()],
             device=device,
         )
@@ -117,10 +122,6 @@ def worker(rank: int, world_size: int, port: int, args) -> None:
     torch.manual_seed(0)
     model = DemoModel(device=torch.device("meta"))
     sharders = get_sharders(fused_params={"optimizer": EmbOptimType.EXACT_ROWWISE_ADAGRAD, "learning_rate": 0.05})
-    # dynamic tables train with fused SGD for now: their sharder gets its own fused_params
-    sharders = [DynamicEmbeddingBagCollectionSharder(fused_params={"optimizer": EmbOptimType.EXACT_SGD,
-                                                                    "learning_rate": 0.5})
-                if isinstance(s, DynamicEmbeddingBagCollectionSharder) else s for s in sharders]
     planner = make_planner(Topology(world_size=world_size, compute_device="cpu"), batch_size=args.batch_size)
     plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
     dmp = DistributedModelParallel(model, env=ShardingEnv.from_process_group(dist.GroupMember.WORLD),
@@ -147,11 +148,13 @@ def worker(rank: int, world_size: int, port: int, args) -> None:
             print(f"step {step:4d}  loss {loss.item():.4f}", flush=True)
     for cfg in dmp.module.dynamic.embedding_bag_configs():
         per_rank = [None] * world_size
-        dist.all_gather_object(per_rank, dmp.module.dynamic.table_size(cfg.name))
+        dist.all_gather_object(per_rank, dmp.module.dynamic.stats(cfg.name))
         if rank == 0:
-            print(f"\ndynamic table {cfg.name} ({plan.plan['dynamic'][cfg.name].sharding_type}): "
-                  f"{sum(per_rank):,} rows created for the ids seen, per rank {per_rank}, "
-                  f"{sum(per_rank) * cfg.embedding_dim * 4:,} bytes of rows")
+            print(f"\ndynamic table {cfg.name} ({plan.plan['dynamic'][cfg.name].sharding_type}), per rank:")
+            for r, st in enumerate(per_rank):
+                print(f"  rank {r}: " + ", ".join(f"{k} {st[k]:,.2f}" if k == "load" else f"{k} {st[k]:,}"
+                                                  for k in ("size", "capacity", "admitted", "rejected",
+                                                            "evicted", "load")))
     dist.destroy_process_group()
 
 
