@@ -256,6 +256,11 @@ def equivalence(rank, world_size, sharding_type, optimizer="sgd", lifecycle=Fals
     assert_key_placement(dmp, ref, sharding_type)
     if lifecycle:
         check_lifecycle_api(dmp.module.dyn, ref.dyn, sharding_type)
+    # the dynamic tables' optimizers join DMP's fused optimizer, the TorchRec way
+    names = [None] * world_size
+    dist.all_gather_object(names, sorted(dmp.fused_optimizer.params))
+    for table in DYNAMIC_TABLES:
+        assert any(f"dyn.embedding_bags.{table}.rows" in k for per_rank in names for k in per_rank), (table, names)
     # eval: nothing inserted, unseen ids read as zeros, same outputs as unsharded
     dmp.eval(), ref.eval()
     batch = global_kjt(world_size, 7)
