@@ -1,0 +1,327 @@
+"""The main job: TorchRec's DLRM with standard or torchrec_ext tables, planned by the
+project's planner, sharded by DistributedModelParallel over N CPU processes (gloo), trained
+with TorchRec's TrainPipelineSparseDist, and compared for quality, memory and speed.
+
+Per feature, a table is standard (small vocabularies, or the "full" variant) or one of the
+variants (vocabularies of at least --large ids): hashed (block mode), QR (mult), or dynamic
+(raw 64-bit ids, a row per id seen). Each variant trains in its own world of processes;
+then a table of embedding memory, throughput, test AUC and log loss, and a plot of AUC vs
+memory, are written to --out.
+
+    python examples/dlrm_main.py                                  # generated Criteo-layout data
+    python examples/dlrm_main.py --variants full,qr --steps 50 --world-size 4
+    python examples/dlrm_main.py --data day_0.tsv --test-data day_1.tsv   # real Criteo TSV
+    python examples/dlrm_main.py --variants dynamic --steps 100 --save ckpt/
+    python examples/dlrm_main.py --variants dynamic --steps 200 --resume ckpt/ --world-size 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import socket
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+VARIANTS = ("full", "hashed", "qr", "dynamic")
+
+
+def build_model(variant: str, args):
+    """DLRM whose sparse arch holds a standard EBC (small tables) and a collection of the
+    variant (large tables); on the meta device until DMP shards it."""
+    from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
+    from torchrec.models.dlrm import DLRM, DLRMTrain
+
+    from criteo_data import CATEGORICAL, DENSE, VOCAB
+    import torchrec_ext as trx
+
+    meta = torch.device("meta")
+    std, ext = [], []
+    for f, n in zip(CATEGORICAL, VOCAB):
+        common = dict(name=f"t_{f}", num_embeddings=n, embedding_dim=args.dim, feature_names=[f])
+        if variant == "full" or n < args.large:
+            std.append(EmbeddingBagConfig(**common))
+        elif variant == "hashed":
+            ext.append(trx.HashedEmbeddingBagConfig(**common, mode="block", compression=args.compression))
+        elif variant == "qr":
+            ext.append(trx.QREmbeddingBagConfig(**common, num_collisions=args.qr_collisions,
+                                            operation=args.qr_operation))
+        else:
+            ext.append(trx.DynamicEmbeddingBagConfig(**common))
+    collections = [EmbeddingBagCollection(tables=std, device=meta)]
+    if ext:
+        cls = {"hashed": trx.HashedEmbeddingBagCollection, "qr": trx.QREmbeddingBagCollection,
+               "dynamic": trx.DynamicEmbeddingBagCollection}[variant]
+        collections.append(cls(tables=ext, device=meta))
+    mixed = MixedCollections(collections)
+    dlrm = DLRM(embedding_bag_collection=mixed, dense_in_features=len(DENSE),
+                dense_arch_layer_sizes=[64, args.dim], over_arch_layer_sizes=[64, 32, 1],
+                dense_device=torch.device("cpu"))
+    dlrm.sparse_arch = MixedSparseArch(mixed)
+    return DLRMTrain(dlrm)
+
+
+class MixedCollections(torch.nn.Module):
+    """Several embedding-bag collections behind one `embedding_bag_configs()` (what
+    DLRM's SparseArch reads); DMP shards each collection with its own sharder."""
+
+    def __init__(self, collections):
+        super().__init__()
+        self.collections = torch.nn.ModuleList(collections)
+        self._names = [[f for c in coll.embedding_bag_configs() for f in c.feature_names] for coll in collections]
+        self._configs = [c for coll in collections for c in coll.embedding_bag_configs()]
+
+    def embedding_bag_configs(self):
+        return self._configs
+
+
+def _mixed_sparse_arch():
+    from torchrec.models.dlrm import SparseArch
+
+    class MixedSparseArch(SparseArch):
+        """SparseArch over MixedCollections: features in configs order, read by name (a
+        sharded collection's KeyedTensor may order keys by shard)."""
+
+        def forward(self, features):
+            parts = []
+            for coll, names in zip(self.embedding_bag_collection.collections, self.embedding_bag_collection._names):
+                pooled = coll(features).to_dict()
+                parts += [pooled[n] for n in names]
+            return torch.cat(parts, dim=1).reshape(-1, self.F, self.D)
+
+    return MixedSparseArch
+
+
+def MixedSparseArch(mixed):  # noqa: N802 (a class built lazily: torchrec imports in workers only)
+    return _mixed_sparse_arch()(mixed)
+
+
+def make_data(variant: str, args, split: str):
+    from criteo_data import VOCAB, CriteoTSV, SyntheticCriteo
+
+    raw = [variant == "dynamic" and n >= args.large for n in VOCAB]
+    paths = args.data if split == "train" else args.test_data
+    if paths:
+        return CriteoTSV(paths, args.batch_size, raw_ids=raw)
+    return SyntheticCriteo(args.batch_size, raw_ids=raw, seed=args.seed)
+
+
+def embedding_bytes(dmp, plan, world_size: int) -> int:
+    """Bytes of embedding state across all ranks: what the plan places for fixed-size tables
+    (hashed buffers, QR partition tables), the rows created for dynamic tables."""
+    from torchrec_ext.modules.dynamic_embedding_bag import DynamicEmbeddingBagConfig
+
+    total = 0
+    configs = {c.name: c for c in dmp.module.model.sparse_arch.embedding_bag_collection.embedding_bag_configs()}
+    for module_plan in plan.plan.values():
+        for name, ps in module_plan.items():
+            cfg = configs[name]
+            if isinstance(cfg, DynamicEmbeddingBagConfig):
+                continue
+            if ps.sharding_spec is None:  # data-parallel: a full copy on every rank
+                total += world_size * 4 * cfg.num_embeddings * cfg.embedding_dim
+                continue
+            shards = ps.sharding_spec.shards
+            if hasattr(cfg, "state_pieces"):
+                total += 4 * sum(pc.numel for s in shards
+                                 for pc in cfg.state_pieces(ps.sharding_type, s.shard_offsets, s.shard_sizes))
+            else:
+                total += 4 * sum(s.shard_sizes[0] * s.shard_sizes[1] for s in shards)
+    for coll in dmp.module.model.sparse_arch.embedding_bag_collection.collections:
+        if hasattr(coll, "table_size"):
+            for cfg in coll.embedding_bag_configs():
+                rows = torch.tensor([coll.table_size(cfg.name)])
+                dist.all_reduce(rows)
+                total += int(rows) * cfg.embedding_dim * 4
+    return total
+
+
+def worker(rank: int, world_size: int, port: int, variant: str, args, result_path: str) -> None:
+    import torch.distributed.checkpoint as dcp
+    from fbgemm_gpu.split_embedding_configs import EmbOptimType
+    from torchrec.distributed.model_parallel import DistributedModelParallel
+    from torchrec.distributed.planner import Topology
+    from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+    from torchrec.distributed.types import ShardingEnv
+    from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+    from torchrec.optim.optimizers import in_backward_optimizer_filter
+    from torchmetrics.functional.classification import binary_auroc
+    from tqdm import tqdm
+
+    from torchrec_ext.sharding import get_sharders, make_planner
+
+    torch.set_num_threads(max(1, args.threads // world_size))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=600))
+    torch.manual_seed(args.seed)
+    model = build_model(variant, args)
+    sharders = get_sharders(fused_params={"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": args.sparse_lr})
+    per_rank = args.batch_size // world_size
+    planner = make_planner(Topology(world_size=world_size, compute_device="cpu"), batch_size=per_rank)
+    plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
+    dmp = DistributedModelParallel(model, env=ShardingEnv.from_process_group(dist.GroupMember.WORLD), plan=plan,
+                                   sharders=sharders, device=torch.device("cpu"))
+    # Dense layers: plain SGD (stateless, so a checkpoint is the model alone); embedding
+    # tables: TorchRec's / torchrec_ext's fused SGD in the backward pass.
+    dense = KeyedOptimizerWrapper(dict(in_backward_optimizer_filter(dmp.named_parameters())),
+                                  lambda params: torch.optim.SGD(params, lr=args.dense_lr))
+    optimizer = CombinedOptimizer([dmp.fused_optimizer, dense])
+    start = 0
+    if args.resume:
+        state = dmp.state_dict()
+        state["step"] = torch.tensor(0)
+        dcp.load(state, checkpoint_id=args.resume)
+        start = int(state.pop("step"))
+        dmp.load_state_dict(state)
+    steps = max(args.steps - start, 0)
+    pipeline = TrainPipelineSparseDist(dmp, optimizer, torch.device("cpu"))
+    batches = iter(make_data(variant, args, "train").batches(rank, world_size, start, steps))
+    losses = []
+    bar = tqdm(total=steps, desc=f"{variant} ({world_size} procs)", disable=rank != 0 or not args.progress,
+               leave=False)
+    t0 = time.perf_counter()
+    for step in range(start, start + steps):
+        loss, _, _ = pipeline.progress(batches)  # DLRMTrain: (loss, logits, labels)
+        loss = loss.detach().clone()
+        dist.all_reduce(loss)
+        losses.append(float(loss) / world_size)
+        bar.update(1)
+        if rank == 0 and not args.progress and (step % args.log_every == 0 or step == start + steps - 1):
+            print(f"[{variant}] step {step:5d}  loss {losses[-1]:.5f}", flush=True)
+    elapsed = time.perf_counter() - t0
+    bar.close()
+    if args.save:
+        state = dmp.state_dict()
+        state["step"] = torch.tensor(start + steps)
+        dcp.save(state, checkpoint_id=args.save)
+    # test AUC and log loss on held-out batches (all ranks' predictions gathered)
+    # (through the pipeline: it has rewritten the sharded modules' forward)
+    dmp.eval()
+    logits, labels = [], []
+    test = iter(make_data(variant, args, "test").batches(rank, world_size, 0, args.eval_batches, "test"))
+    with torch.no_grad():
+        while True:
+            try:
+                _, out, lab = pipeline.progress(test)
+            except StopIteration:
+                break
+            logits.append(out)
+            labels.append(lab)
+    logits, labels = torch.cat(logits), torch.cat(labels)
+    all_logits = [torch.empty_like(logits) for _ in range(world_size)]
+    all_labels = [torch.empty_like(labels) for _ in range(world_size)]
+    dist.all_gather(all_logits, logits)
+    dist.all_gather(all_labels, labels)
+    logits, labels = torch.cat(all_logits), torch.cat(all_labels)
+    nbytes = embedding_bytes(dmp, plan, world_size)
+    if rank == 0:
+        result = {
+            "variant": variant, "world_size": world_size, "start_step": start, "steps": steps,
+            "losses": losses, "embedding_bytes": nbytes,
+            "examples_per_s": steps * args.batch_size / elapsed if steps else 0.0,
+            "auc": float(binary_auroc(torch.sigmoid(logits), labels.long())) if labels.numel() else float("nan"),
+            "logloss": float(torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)),
+            "plan": str(plan),
+        }
+        with open(result_path, "w") as f:
+            json.dump(result, f)
+    # every rank done with its collectives before the group goes
+    dist.barrier()
+    del pipeline, optimizer, dmp
+    dist.destroy_process_group()
+
+
+def run_variant(variant: str, args) -> dict:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, f"dlrm_{variant}.json")
+    mp.spawn(worker, args=(args.world_size, port, variant, args, path), nprocs=args.world_size, join=True)
+    with open(path) as f:
+        return json.load(f)
+
+
+def report(results, args) -> None:
+    full = next((r for r in results if r["variant"] == "full"), None)
+    print(f"\nDLRM, {args.world_size} processes, {args.steps} steps x {args.batch_size} examples, "
+          f"dim {args.dim}; tables of >= {args.large:,} ids use the variant")
+    hdr = f"{'variant':<10}{'embedding MB':>14}{'vs full':>9}{'examples/s':>12}{'test AUC':>10}{'AUC vs full':>13}{'log loss':>10}"
+    print(hdr)
+    print("-" * len(hdr))
+    for r in results:
+        mb = r["embedding_bytes"] / 2**20
+        saving = f"{full['embedding_bytes'] / r['embedding_bytes']:>8.1f}x" if full else f"{'-':>9}"
+        dauc = f"{(r['auc'] - full['auc']) / full['auc'] * 100:>+12.2f}%" if full else f"{'-':>13}"
+        print(f"{r['variant']:<10}{mb:>14.1f}{saving}{r['examples_per_s']:>12,.0f}{r['auc']:>10.4f}{dauc}"
+              f"{r['logloss']:>10.4f}")
+    with open(os.path.join(args.out, "dlrm_results.json"), "w") as f:
+        json.dump({"config": {k: v for k, v in vars(args).items()}, "results": results}, f, indent=2)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for r in results:
+            ax.scatter(r["embedding_bytes"] / 2**20, r["auc"])
+            ax.annotate(r["variant"], (r["embedding_bytes"] / 2**20, r["auc"]))
+        ax.set_xscale("log")
+        ax.set_xlabel("embedding MB (log)")
+        ax.set_ylabel("test AUC")
+        fig.tight_layout()
+        fig.savefig(os.path.join(args.out, "dlrm_auc_vs_memory.png"), dpi=100)
+    except ImportError:
+        pass
+    print(f"\nwrote {args.out}/dlrm_results.json and dlrm_auc_vs_memory.png")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--world-size", type=int, default=2)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=2048, help="global batch (split over the processes)")
+    p.add_argument("--eval-batches", type=int, default=20)
+    p.add_argument("--dim", type=int, default=16)
+    p.add_argument("--large", type=int, default=10_000, help="tables of at least this many ids use the variant")
+    p.add_argument("--compression", type=float, default=0.1, help="hashed: buffer size / full table")
+    p.add_argument("--qr-collisions", type=int, default=16, help="QR: m, the remainder table's rows")
+    p.add_argument("--qr-operation", default="add", choices=["mult", "add", "concat"])
+    p.add_argument("--sparse-lr", type=float, default=50.0, help="SGD on the tables (DLRM trains with large SGD rates)")
+    p.add_argument("--dense-lr", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", nargs="*", help="Criteo TSV files to train on (default: generated data)")
+    p.add_argument("--test-data", nargs="*", help="Criteo TSV files to evaluate on")
+    p.add_argument("--save", help="DCP checkpoint directory written after training (one variant)")
+    p.add_argument("--resume", help="DCP checkpoint to continue from (any number of processes)")
+    p.add_argument("--out", default="examples/results")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--progress", action="store_true", default=sys.stderr.isatty())
+    args = p.parse_args()
+    variants = [v for v in args.variants.split(",") if v]
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad:
+        p.error(f"unknown variants {bad}; choose from {VARIANTS}")
+    if (args.save or args.resume) and len(variants) != 1:
+        p.error("--save and --resume take one variant")
+    if args.data and not args.test_data:
+        p.error("--data needs --test-data (a held-out file, e.g. the next day)")
+    if args.batch_size % args.world_size:
+        p.error("--batch-size must be a multiple of --world-size")
+    results = [run_variant(v, args) for v in variants]
+    report(results, args)
+
+
+if __name__ == "__main__":
+    main()
