@@ -30,7 +30,9 @@ VARIANTS = {
     "qr_mult": "QR, m=1000, mult",
     "qr_add": "QR, m=1000, add",
     "qr_concat": "QR, m=1000, concat",
-    "dynamic": "dynamic hashtable, rows created on first sight",
+    "dynamic_warm": "dynamic hashtable, warm: every id already has a row",
+    "dynamic_cold": "dynamic hashtable, cold: every id is new (all inserts)",
+    "dynamic_lifecycle": "dynamic, admit at 2nd sighting, LFU at capacity rows/2",
 }
 
 
@@ -92,8 +94,13 @@ def build(variant: str, args, device):
         return QREmbeddingBagCollection(
             [QREmbeddingBagConfig(**common(t), num_collisions=1000, operation=op) for t in T],
             device=torch.device("meta"))
-    if variant == "dynamic":
-        return DynamicEmbeddingBagCollection([DynamicEmbeddingBagConfig(**common(t)) for t in T],
+    if variant.startswith("dynamic"):
+        from torchrec_ext.admission import FrequencyAdmission
+        from torchrec_ext.eviction import LFUEviction
+
+        life = dict(admission=FrequencyAdmission(2), eviction=LFUEviction(),
+                    max_capacity=args.rows // 2) if variant == "dynamic_lifecycle" else {}
+        return DynamicEmbeddingBagCollection([DynamicEmbeddingBagConfig(**common(t), **life) for t in T],
                                              device=torch.device("meta"))
     raise ValueError(variant)
 
@@ -159,8 +166,11 @@ def run_variant(variant: str, args) -> dict:
 
     batches = [b.to(device) for b in batches]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for i in range(args.warmup):
+    warmup = max(args.warmup, len(batches)) if variant == "dynamic_warm" else args.warmup  # all ids seen
+    for i in range(warmup):
         step(batches[i % len(batches)])
+    if variant == "dynamic_cold":  # every timed step brings ids no step has seen
+        batches = [_shift_ids(b, (i + 1) << 40) for i, b in enumerate(batches * (args.iters // len(batches) + 1))]
     sync()
     times = []
     for i in tqdm(range(args.iters), desc=variant, leave=False, disable=not args.progress):
@@ -184,6 +194,12 @@ def run_variant(variant: str, args) -> dict:
     if dist.is_initialized():
         dist.destroy_process_group()
     return result
+
+
+def _shift_ids(kjt, offset: int):
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    return KeyedJaggedTensor.from_lengths_sync(keys=kjt.keys(), values=kjt.values() + offset, lengths=kjt.lengths())
 
 
 def _local_tensors(state):

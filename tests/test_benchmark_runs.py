@@ -11,20 +11,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_benchmark_writes_its_table(tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "bench_embeddings.py"), "--tables", "2",
            "--rows", "5000", "--dim", "16", "--batch", "64", "--iters", "1", "--warmup", "1", "--batches", "1",
-           "--variants", "baseline,nn_embeddingbag,qr_mult,hashed_block,dynamic", "--out", str(tmp_path)]
+           "--variants", "baseline,nn_embeddingbag,qr_mult,hashed_block,dynamic_warm,dynamic_cold", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "vs baseline" in proc.stdout
     results = {r["variant"]: r for r in json.load(open(tmp_path / "bench_cpu.json"))["results"]}
-    assert set(results) == {"baseline", "nn_embeddingbag", "qr_mult", "hashed_block", "dynamic"}
+    assert set(results) == {"baseline", "nn_embeddingbag", "qr_mult", "hashed_block", "dynamic_warm", "dynamic_cold"}
     assert all(r["ids_per_s"] > 0 for r in results.values())
     full = 2 * 5000 * 16 * 4
     assert results["baseline"]["table_bytes"] == full == results["nn_embeddingbag"]["table_bytes"]
     # QR with m = 1000 over 5000 ids: a 5-row quotient table and a 1000-row remainder table
     assert results["qr_mult"]["table_bytes"] == 2 * (5 + 1000) * 16 * 4
     assert results["hashed_block"]["table_bytes"] < full / 5
-    # a dynamic table holds the ids the batch brought (at most 2 x 64 x 8), not 5000 rows
-    assert 0 < results["dynamic"]["table_bytes"] <= 2 * 64 * 8 * (16 * 4 + 8)
+    # a warm dynamic table holds the ids its batch brought (at most 2 x 64 x 8), not 5000 rows;
+    # a cold one also the ids of every timed step
+    assert 0 < results["dynamic_warm"]["table_bytes"] <= 2 * 64 * 8 * (16 * 4 + 8)
+    assert results["dynamic_cold"]["table_bytes"] > results["dynamic_warm"]["table_bytes"]
     assert (tmp_path / "bench_cpu.png").exists()
 
 
