@@ -174,10 +174,9 @@ class DynamicRows:
                 got = rows[missing]
                 rows[missing] = torch.where(got >= 0, got, scratch_row[inverse])
         hit = rows[(rows >= 0) & (rows < real)]
-        if hit.numel():
-            u, c = torch.unique(hit, return_counts=True)
-            self.meta["last_seen"][u] = self.step
-            self.meta["count"][u] += c
+        if hit.numel():  # repeats write the same step / add their count: no unique needed
+            self.meta["last_seen"].index_fill_(0, hit, self.step)
+            self.meta["count"].index_add_(0, hit, torch.ones_like(hit))
         return Lookup(rows, self._raw_blocks() + scratch, real)
 
     def _scratch(self, keys: torch.Tensor) -> List[torch.Tensor]:
@@ -225,14 +224,20 @@ class DynamicRows:
         return _ops.dynamic_bag_forward(looked.blocks, looked.rows, offsets, per_sample_weights,
                                         pooling, self.missing_value)
 
-    def backward(self, grad_output, looked: Lookup, offsets, per_sample_weights, pooling: int, psw_grad: bool):
-        """(unique rows held, their gradients, occurrences of each, psw gradient or empty)."""
+    def backward(self, grad_output, looked: Lookup, offsets, per_sample_weights, pooling: int, psw_grad: bool,
+                 need_counts: bool = False):
+        """(unique rows held, their gradients, occurrences of each or None, psw gradient or empty)."""
         urows, grads, gpsw = _ops.dynamic_bag_backward(grad_output, looked.blocks, looked.rows, offsets,
                                                        per_sample_weights, pooling, self.missing_value, psw_grad)
-        keep = urows < looked.real_rows  # scratch rows (not admitted) get no update
-        rows = looked.rows
-        counts = torch.bincount(torch.searchsorted(urows, rows[(rows >= 0)]), minlength=urows.numel())
-        return urows[keep], grads[keep], counts[keep], gpsw
+        counts = None
+        if need_counts:
+            rows = looked.rows
+            counts = torch.bincount(torch.searchsorted(urows, rows[rows >= 0]), minlength=urows.numel())
+        if looked.blocks is not None and len(looked.blocks) * self.block_size > looked.real_rows:
+            keep = urows < looked.real_rows  # scratch rows (not admitted) get no update
+            urows, grads = urows[keep], grads[keep]
+            counts = counts[keep] if counts is not None else None
+        return urows, grads, counts, gpsw
 
     def values(self, rows: torch.Tensor) -> torch.Tensor:
         """Float32 values of the given rows."""
@@ -260,7 +265,7 @@ class DynamicRows:
         """rows += alpha * delta (rows distinct)."""
         if rows.numel():
             _ops.block_rows_scatter_(self._raw_blocks(), rows, delta, alpha, True)
-            self.meta["updated"][rows] = self.step
+            self.meta["updated"].index_fill_(0, rows, self.step)
 
     # --- lifecycle ---
     def row_view(self) -> RowView:

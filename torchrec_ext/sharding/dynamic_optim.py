@@ -36,7 +36,9 @@ class _FusedRowsLookup(torch.autograd.Function):
         offsets, psw = ctx.saved_tensors
         need_psw = psw is not None and ctx.needs_input_grad[5]
         store = ctx.owner.rows[ctx.key]
-        urows, grads, counts, gpsw = store.backward(grad_output, ctx.looked, offsets, psw, ctx.pooling, need_psw)
+        by_id = ctx.owner.reduce_by.get(ctx.key, "sum") == "id"
+        urows, grads, counts, gpsw = store.backward(grad_output, ctx.looked, offsets, psw, ctx.pooling, need_psw,
+                                                    need_counts=by_id)
         ctx.owner.apply(ctx.key, urows, grads, counts)
         return None, None, None, None, None, gpsw if need_psw else None, None
 
