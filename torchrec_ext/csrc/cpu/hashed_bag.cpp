@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "../hashed_layout.h"
@@ -14,41 +15,58 @@
 namespace torchrec_ext {
 namespace {
 
+// Float accumulation for float tables (as FBGEMM), double for double (the tests' reference).
+template <typename scalar_t>
+using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+// A block-mode chunk starts at flat position f of its region's (slot, column) space and
+// runs Z positions: columns col..Z-1 of slot f / Z, then columns 0..col-1 of the next slot
+// (wrapping at the region's end). `visit(buffer_row, first_col, out_first, len)` sees the
+// two contiguous segments, so the inner loops carry no division and vectorize.
+template <typename Visit>
+inline void chunk_segments(int64_t f, int64_t Z, int64_t slots, int64_t base, Visit&& visit) {
+  const int64_t slot = f / Z, col = f % Z;
+  visit(base + slot, col, 0, Z - col);
+  if (col) visit(base + (slot + 1 == slots ? 0 : slot + 1), 0, Z - col, col);
+}
+
 template <typename scalar_t>
 void forward_kernel(const scalar_t* w, int64_t D, const int64_t* idx,
                     const int64_t* off, const float* psw, int64_t num_bags,
                     bool mean, const HashedLayout& L, scalar_t* out) {
+  using acc_t = acc_type<scalar_t>;
   const int64_t Z = L.chunk;
   const int64_t LZ = L.slots * Z;
   at::parallel_for(0, num_bags, 16, [&](int64_t b0, int64_t b1) {
-    std::vector<double> acc(D);
+    std::vector<acc_t> acc(D);
     for (int64_t b = b0; b < b1; ++b) {
-      std::fill(acc.begin(), acc.end(), 0.0);
+      std::fill(acc.begin(), acc.end(), acc_t(0));
       const int64_t s = off[b], e = off[b + 1];
       for (int64_t i = s; i < e; ++i) {
         const int64_t gid = idx[i] + L.id_offset;
         const int64_t base = L.local_region(idx[i]) * L.slots;
-        const double pw = psw ? psw[i] : 1.0;
+        const acc_t pw = psw ? psw[i] : acc_t(1);
         const uint64_t h0 = id_hash(gid, L.seed);
         if (L.mode == 0) {
           for (int64_t j = 0; j < D; ++j) {
             const uint64_t h = col_hash(h0, L.col_offset + j);
             const int64_t row = base + hash_slot(h, L.slots);
-            acc[j] += pw * hash_sign(h, L.is_signed) * static_cast<double>(w[row * D + j]);
+            acc[j] += pw * hash_sign(h, L.is_signed) * static_cast<acc_t>(w[row * D + j]);
           }
         } else {
           for (int64_t c = 0; c < D / Z; ++c) {
             const uint64_t h = col_hash(h0, L.col_offset / Z + c);
-            const double sg = pw * hash_sign(h, L.is_signed);
-            int64_t f = hash_slot(h, LZ);
-            for (int64_t t = 0; t < Z; ++t, ++f) {
-              if (f == LZ) f = 0;
-              acc[c * Z + t] += sg * static_cast<double>(w[(base + f / Z) * D + c * Z + f % Z]);
-            }
+            const acc_t sg = pw * hash_sign(h, L.is_signed);
+            acc_t* a = acc.data() + c * Z;
+            chunk_segments(hash_slot(h, LZ), Z, L.slots, base,
+                           [&](int64_t row, int64_t col, int64_t t0, int64_t len) {
+              const scalar_t* src = w + row * D + c * Z + col;
+              for (int64_t t = 0; t < len; ++t) a[t0 + t] += sg * static_cast<acc_t>(src[t]);
+            });
           }
         }
       }
-      const double scale = (mean && e > s) ? 1.0 / static_cast<double>(e - s) : 1.0;
+      const acc_t scale = (mean && e > s) ? acc_t(1) / static_cast<acc_t>(e - s) : acc_t(1);
       for (int64_t j = 0; j < D; ++j) out[b * D + j] = static_cast<scalar_t>(acc[j] * scale);
     }
   });
@@ -84,11 +102,13 @@ void backward_kernel(const scalar_t* go, int64_t D, const int64_t* idx,
           if (L.mode == 0) {
             gw[(base + hash_slot(h, L.slots)) * D + c] += static_cast<scalar_t>(sg * g[c]);
           } else {
-            int64_t f = hash_slot(h, LZ);
-            for (int64_t t = 0; t < Z; ++t, ++f) {
-              if (f == LZ) f = 0;
-              gw[(base + f / Z) * D + c * Z + f % Z] += static_cast<scalar_t>(sg * g[c * Z + t]);
-            }
+            const scalar_t* gc = g + c * Z;
+            chunk_segments(hash_slot(h, LZ), Z, L.slots, base,
+                           [&](int64_t row, int64_t col, int64_t t0, int64_t len) {
+              scalar_t* dst = gw + row * D + c * Z + col;
+              const scalar_t sgs = static_cast<scalar_t>(sg);
+              for (int64_t t = 0; t < len; ++t) dst[t] += sgs * gc[t0 + t];
+            });
           }
         }
       }
