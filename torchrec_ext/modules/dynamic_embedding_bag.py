@@ -3,12 +3,15 @@
 `DynamicEmbeddingBagCollection` is a drop-in `torchrec.EmbeddingBagCollection` (KJT in,
 KeyedTensor out) whose tables are `DynamicRows`: a native hash index from id to row, rows
 in blocks added as the table grows. In training mode unseen ids get a row initialised from
-(key, column) alone; in eval mode nothing is inserted and unseen ids read as the
-initializer's `eval_value`. With `fused_params` the backward pass updates the touched rows
-in place, exactly as the sharded kernels do.
+(key, column) alone, if the table's admission policy admits it; in eval mode nothing is
+inserted and unseen ids read as the initializer's `eval_value`. With `fused_params` the
+backward pass updates the touched rows and their per-row optimizer state in place, exactly
+as the sharded kernels do; an eviction policy frees rows (see torchrec_ext.admission,
+torchrec_ext.eviction).
 
 State: `embedding_bags.<table>.bucket_<b>` for b < key_buckets, each a `KeyedRows` of the
-keys whose hash falls in bucket b. Row-wise plans give rank r the buckets with
+keys whose hash falls in bucket b (values, optimizer state, metadata), and
+`embedding_bags.<table>.step`. Row-wise plans give rank r the buckets with
 b % world_size == r, so a checkpoint moves between world sizes bucket by bucket.
 """
 
