@@ -71,4 +71,51 @@ inline void check_bag_args(const at::Tensor& rows, const at::Tensor& offsets,
   }
 }
 
+// The checks of each op, shared by its CPU and CUDA kernels.
+inline void check_index_op(const at::Tensor& slot_keys, const at::Tensor& slot_rows,
+                           const at::Tensor& keys, const char* op) {
+  check_index(slot_keys, slot_rows, op);
+  check_keys(keys, slot_keys, op);
+}
+
+inline void check_insert_op(const at::Tensor& slot_keys, const at::Tensor& slot_rows,
+                            const at::Tensor& keys, const at::Tensor& pool,
+                            const at::Tensor& pool_used) {
+  check_index_op(slot_keys, slot_rows, keys, "hash_index_insert_");
+  check_keys(pool, slot_keys, "hash_index_insert_ (row pool)");
+  TORCH_CHECK(pool_used.numel() == 1 && pool_used.scalar_type() == at::kLong &&
+                  pool_used.device() == slot_keys.device(),
+              "hash_index_insert_: pool_used must be one int64 counter");
+}
+
+// A pooled lookup over the blocks (row -1 allowed); returns rows per block. Offsets
+// data is checked by the CPU kernels only (reading it would sync a GPU).
+inline int64_t check_bag_op(at::TensorList blocks, const at::Tensor& rows,
+                            const at::Tensor& offsets, const std::optional<at::Tensor>& psw,
+                            const char* op) {
+  const int64_t bs = check_blocks(blocks, op);
+  check_rows_meta(rows, blocks[0], op);
+  check_bag_args(rows, offsets, psw, op);
+  check_rows_data(rows, bs * static_cast<int64_t>(blocks.size()), true, op);
+  return bs;
+}
+
+// An op addressing existing rows of the blocks (gather, scatter, init); returns rows per block.
+inline int64_t check_row_op(at::TensorList blocks, const at::Tensor& rows, const char* op) {
+  const int64_t bs = check_blocks(blocks, op);
+  check_rows_meta(rows, blocks[0], op);
+  check_rows_data(rows, bs * static_cast<int64_t>(blocks.size()), false, op);
+  return bs;
+}
+
+inline void check_scatter_values(const at::Tensor& values, const at::Tensor& rows, int64_t dim) {
+  TORCH_CHECK(values.dim() == 2 && values.size(0) == rows.numel() && values.size(1) == dim,
+              "block_rows_scatter_: values must be [rows, dim]");
+}
+
+inline void check_init_keys(const at::Tensor& keys, const at::Tensor& rows) {
+  check_keys(keys, rows, "block_rows_init_");
+  TORCH_CHECK(keys.numel() == rows.numel(), "block_rows_init_: one key per row");
+}
+
 }  // namespace torchrec_ext

@@ -23,20 +23,12 @@ std::vector<scalar_t*> block_ptrs(at::TensorList blocks) {
   return p;
 }
 
-void check_bag_inputs(at::TensorList blocks, const at::Tensor& rows, const at::Tensor& offsets,
-                      const std::optional<at::Tensor>& psw, const char* op) {
-  const int64_t bs = check_blocks(blocks, op);
-  check_rows_meta(rows, blocks[0], op);
-  check_bag_args(rows, offsets, psw, op);
-  check_offsets_data(offsets.contiguous(), rows.numel(), op);
-  check_rows_data(rows, bs * static_cast<int64_t>(blocks.size()), true, op);
-}
-
 at::Tensor dynamic_bag_forward_cpu(at::TensorList blocks, const at::Tensor& rows_in,
                                    const at::Tensor& offsets_in,
                                    const std::optional<at::Tensor>& psw_in, int64_t pooling,
                                    double missing_value) {
-  check_bag_inputs(blocks, rows_in, offsets_in, psw_in, "dynamic_bag_forward");
+  check_bag_op(blocks, rows_in, offsets_in, psw_in, "dynamic_bag_forward");
+  check_offsets_data(offsets_in.contiguous(), rows_in.numel(), "dynamic_bag_forward");
   const at::Tensor rows = rows_in.contiguous(), off_t = offsets_in.contiguous();
   const std::optional<at::Tensor> psw_t =
       psw_in ? std::optional<at::Tensor>(psw_in->contiguous()) : std::nullopt;
@@ -80,7 +72,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_bag_backward_cpu(
     const at::Tensor& grad_in, at::TensorList blocks, const at::Tensor& rows_in,
     const at::Tensor& offsets_in, const std::optional<at::Tensor>& psw_in, int64_t pooling,
     double missing_value, bool psw_grad) {
-  check_bag_inputs(blocks, rows_in, offsets_in, psw_in, "dynamic_bag_backward");
+  check_bag_op(blocks, rows_in, offsets_in, psw_in, "dynamic_bag_backward");
+  check_offsets_data(offsets_in.contiguous(), rows_in.numel(), "dynamic_bag_backward");
   const at::Tensor rows = rows_in.contiguous(), off_t = offsets_in.contiguous();
   const at::Tensor go = grad_in.to(at::kFloat).contiguous();
   const int64_t bs = blocks[0].size(0), D = blocks[0].size(1), B = off_t.numel() - 1;
@@ -156,9 +149,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_bag_backward_cpu(
 }
 
 at::Tensor block_rows_gather_cpu(at::TensorList blocks, const at::Tensor& rows_in) {
-  const int64_t bs = check_blocks(blocks, "block_rows_gather");
-  check_rows_meta(rows_in, blocks[0], "block_rows_gather");
-  check_rows_data(rows_in, bs * static_cast<int64_t>(blocks.size()), false, "block_rows_gather");
+  const int64_t bs = check_row_op(blocks, rows_in, "block_rows_gather");
   const at::Tensor rows = rows_in.contiguous();
   const int64_t D = blocks[0].size(1), n = rows.numel();
   at::Tensor out = at::empty({n, D}, blocks[0].options().dtype(at::kFloat));
@@ -181,12 +172,9 @@ at::Tensor block_rows_gather_cpu(at::TensorList blocks, const at::Tensor& rows_i
 // distinct when accumulating in parallel; the Python layer passes unique rows.
 void block_rows_scatter_cpu(at::TensorList blocks, const at::Tensor& rows_in,
                             const at::Tensor& values_in, double alpha, bool accumulate) {
-  const int64_t bs = check_blocks(blocks, "block_rows_scatter_");
-  check_rows_meta(rows_in, blocks[0], "block_rows_scatter_");
-  check_rows_data(rows_in, bs * static_cast<int64_t>(blocks.size()), false, "block_rows_scatter_");
+  const int64_t bs = check_row_op(blocks, rows_in, "block_rows_scatter_");
   const int64_t D = blocks[0].size(1), n = rows_in.numel();
-  TORCH_CHECK(values_in.dim() == 2 && values_in.size(0) == n && values_in.size(1) == D,
-              "block_rows_scatter_: values must be [rows, dim]");
+  check_scatter_values(values_in, rows_in, D);
   const at::Tensor rows = rows_in.contiguous();
   const at::Tensor values = values_in.to(at::kFloat).contiguous();
   const int64_t* r = rows.data_ptr<int64_t>();
@@ -211,11 +199,8 @@ void block_rows_scatter_cpu(at::TensorList blocks, const at::Tensor& rows_in,
 void block_rows_init_cpu(at::TensorList blocks, const at::Tensor& rows_in,
                          const at::Tensor& keys_in, int64_t kind, double a, double b,
                          int64_t seed, int64_t col_offset) {
-  const int64_t bs = check_blocks(blocks, "block_rows_init_");
-  check_rows_meta(rows_in, blocks[0], "block_rows_init_");
-  check_keys(keys_in, rows_in, "block_rows_init_");
-  TORCH_CHECK(keys_in.numel() == rows_in.numel(), "block_rows_init_: one key per row");
-  check_rows_data(rows_in, bs * static_cast<int64_t>(blocks.size()), false, "block_rows_init_");
+  const int64_t bs = check_row_op(blocks, rows_in, "block_rows_init_");
+  check_init_keys(keys_in, rows_in);
   const at::Tensor rows = rows_in.contiguous(), keys = keys_in.contiguous();
   const int64_t D = blocks[0].size(1), n = rows.numel();
   const int64_t* r = rows.data_ptr<int64_t>();

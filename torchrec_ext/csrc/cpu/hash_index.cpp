@@ -68,8 +68,7 @@ inline int64_t insert_key(int64_t* sk, int64_t* sr, int64_t mask, int64_t key,
 
 at::Tensor hash_index_find_cpu(const at::Tensor& slot_keys, const at::Tensor& slot_rows,
                                const at::Tensor& keys_in) {
-  check_index(slot_keys, slot_rows, "hash_index_find");
-  check_keys(keys_in, slot_keys, "hash_index_find");
+  check_index_op(slot_keys, slot_rows, keys_in, "hash_index_find");
   const at::Tensor keys = keys_in.contiguous();
   at::Tensor out = at::empty_like(keys);
   const int64_t* sk = slot_keys.data_ptr<int64_t>();
@@ -89,12 +88,7 @@ at::Tensor hash_index_find_cpu(const at::Tensor& slot_keys, const at::Tensor& sl
 std::tuple<at::Tensor, at::Tensor> hash_index_insert_cpu(
     const at::Tensor& slot_keys, const at::Tensor& slot_rows, const at::Tensor& keys_in,
     const at::Tensor& pool_in, const at::Tensor& pool_used) {
-  check_index(slot_keys, slot_rows, "hash_index_insert_");
-  check_keys(keys_in, slot_keys, "hash_index_insert_");
-  check_keys(pool_in, slot_keys, "hash_index_insert_ (row pool)");
-  TORCH_CHECK(pool_used.numel() == 1 && pool_used.scalar_type() == at::kLong &&
-                  pool_used.device() == slot_keys.device(),
-              "hash_index_insert_: pool_used must be one int64 counter");
+  check_insert_op(slot_keys, slot_rows, keys_in, pool_in, pool_used);
   const at::Tensor keys = keys_in.contiguous();
   const at::Tensor pool = pool_in.contiguous();
   at::Tensor rows = at::empty_like(keys);
@@ -121,8 +115,7 @@ std::tuple<at::Tensor, at::Tensor> hash_index_insert_cpu(
 // Erases keys; returns each key's freed row, or -1 (absent, or a repeat).
 at::Tensor hash_index_erase_cpu(const at::Tensor& slot_keys, const at::Tensor& slot_rows,
                                 const at::Tensor& keys_in) {
-  check_index(slot_keys, slot_rows, "hash_index_erase_");
-  check_keys(keys_in, slot_keys, "hash_index_erase_");
+  check_index_op(slot_keys, slot_rows, keys_in, "hash_index_erase_");
   const at::Tensor keys = keys_in.contiguous();
   at::Tensor out = at::empty_like(keys);
   const int64_t* sk = slot_keys.data_ptr<int64_t>();

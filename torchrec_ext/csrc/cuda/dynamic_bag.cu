@@ -35,14 +35,6 @@ __device__ __forceinline__ scalar_t* row_ptr(const int64_t* ptrs, int64_t bs, in
   return reinterpret_cast<scalar_t*>(ptrs[r / bs]) + (r % bs) * D;
 }
 
-void check_bag_inputs(at::TensorList blocks, const at::Tensor& rows, const at::Tensor& offsets,
-                      const std::optional<at::Tensor>& psw, const char* op) {
-  const int64_t bs = check_blocks(blocks, op);
-  check_rows_meta(rows, blocks[0], op);
-  check_bag_args(rows, offsets, psw, op);
-  check_rows_data(rows, bs * static_cast<int64_t>(blocks.size()), true, op);
-}
-
 template <typename scalar_t>
 __global__ void forward_kernel(const int64_t* ptrs, int64_t bs, int64_t D, const int64_t* rows,
                                const int64_t* off, const float* psw, int64_t num_bags,
@@ -139,7 +131,7 @@ at::Tensor dynamic_bag_forward_cuda(at::TensorList blocks, const at::Tensor& row
                                     const at::Tensor& offsets_in,
                                     const std::optional<at::Tensor>& psw_in, int64_t pooling,
                                     double missing_value) {
-  check_bag_inputs(blocks, rows_in, offsets_in, psw_in, "dynamic_bag_forward");
+  check_bag_op(blocks, rows_in, offsets_in, psw_in, "dynamic_bag_forward");
   c10::cuda::CUDAGuard guard(blocks[0].device());
   const at::Tensor rows = rows_in.contiguous(), off = offsets_in.contiguous();
   const std::optional<at::Tensor> psw =
@@ -165,7 +157,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_bag_backward_cuda(
     const at::Tensor& grad_in, at::TensorList blocks, const at::Tensor& rows_in,
     const at::Tensor& offsets_in, const std::optional<at::Tensor>& psw_in, int64_t pooling,
     double missing_value, bool psw_grad) {
-  check_bag_inputs(blocks, rows_in, offsets_in, psw_in, "dynamic_bag_backward");
+  check_bag_op(blocks, rows_in, offsets_in, psw_in, "dynamic_bag_backward");
   c10::cuda::CUDAGuard guard(blocks[0].device());
   const at::Tensor rows = rows_in.contiguous(), off = offsets_in.contiguous();
   const at::Tensor go = grad_in.to(at::kFloat).contiguous();
@@ -214,9 +206,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_bag_backward_cuda(
 }
 
 at::Tensor block_rows_gather_cuda(at::TensorList blocks, const at::Tensor& rows_in) {
-  const int64_t bs = check_blocks(blocks, "block_rows_gather");
-  check_rows_meta(rows_in, blocks[0], "block_rows_gather");
-  check_rows_data(rows_in, bs * static_cast<int64_t>(blocks.size()), false, "block_rows_gather");
+  const int64_t bs = check_row_op(blocks, rows_in, "block_rows_gather");
   c10::cuda::CUDAGuard guard(blocks[0].device());
   const at::Tensor rows = rows_in.contiguous();
   const int64_t D = blocks[0].size(1), n = rows.numel();
@@ -234,12 +224,9 @@ at::Tensor block_rows_gather_cuda(at::TensorList blocks, const at::Tensor& rows_
 
 void block_rows_scatter_cuda(at::TensorList blocks, const at::Tensor& rows_in,
                              const at::Tensor& values_in, double alpha, bool accumulate) {
-  const int64_t bs = check_blocks(blocks, "block_rows_scatter_");
-  check_rows_meta(rows_in, blocks[0], "block_rows_scatter_");
-  check_rows_data(rows_in, bs * static_cast<int64_t>(blocks.size()), false, "block_rows_scatter_");
+  const int64_t bs = check_row_op(blocks, rows_in, "block_rows_scatter_");
   const int64_t D = blocks[0].size(1), n = rows_in.numel();
-  TORCH_CHECK(values_in.dim() == 2 && values_in.size(0) == n && values_in.size(1) == D,
-              "block_rows_scatter_: values must be [rows, dim]");
+  check_scatter_values(values_in, rows_in, D);
   c10::cuda::CUDAGuard guard(blocks[0].device());
   const at::Tensor rows = rows_in.contiguous();
   const at::Tensor values = values_in.to(at::kFloat).contiguous();
@@ -257,11 +244,8 @@ void block_rows_scatter_cuda(at::TensorList blocks, const at::Tensor& rows_in,
 void block_rows_init_cuda(at::TensorList blocks, const at::Tensor& rows_in,
                           const at::Tensor& keys_in, int64_t kind, double a, double b,
                           int64_t seed, int64_t col_offset) {
-  const int64_t bs = check_blocks(blocks, "block_rows_init_");
-  check_rows_meta(rows_in, blocks[0], "block_rows_init_");
-  check_keys(keys_in, rows_in, "block_rows_init_");
-  TORCH_CHECK(keys_in.numel() == rows_in.numel(), "block_rows_init_: one key per row");
-  check_rows_data(rows_in, bs * static_cast<int64_t>(blocks.size()), false, "block_rows_init_");
+  const int64_t bs = check_row_op(blocks, rows_in, "block_rows_init_");
+  check_init_keys(keys_in, rows_in);
   c10::cuda::CUDAGuard guard(blocks[0].device());
   const at::Tensor rows = rows_in.contiguous(), keys = keys_in.contiguous();
   const int64_t D = blocks[0].size(1), n = rows.numel();

@@ -126,8 +126,7 @@ inline unsigned blocks_for(int64_t n) {
 
 at::Tensor hash_index_find_cuda(const at::Tensor& slot_keys, const at::Tensor& slot_rows,
                                 const at::Tensor& keys_in) {
-  check_index(slot_keys, slot_rows, "hash_index_find");
-  check_keys(keys_in, slot_keys, "hash_index_find");
+  check_index_op(slot_keys, slot_rows, keys_in, "hash_index_find");
   c10::cuda::CUDAGuard guard(slot_keys.device());
   const at::Tensor keys = keys_in.contiguous();
   at::Tensor out = at::empty_like(keys);
@@ -142,12 +141,7 @@ at::Tensor hash_index_find_cuda(const at::Tensor& slot_keys, const at::Tensor& s
 std::tuple<at::Tensor, at::Tensor> hash_index_insert_cuda(
     const at::Tensor& slot_keys, const at::Tensor& slot_rows, const at::Tensor& keys_in,
     const at::Tensor& pool_in, const at::Tensor& pool_used) {
-  check_index(slot_keys, slot_rows, "hash_index_insert_");
-  check_keys(keys_in, slot_keys, "hash_index_insert_");
-  check_keys(pool_in, slot_keys, "hash_index_insert_ (row pool)");
-  TORCH_CHECK(pool_used.numel() == 1 && pool_used.scalar_type() == at::kLong &&
-                  pool_used.device() == slot_keys.device(),
-              "hash_index_insert_: pool_used must be one int64 counter");
+  check_insert_op(slot_keys, slot_rows, keys_in, pool_in, pool_used);
   c10::cuda::CUDAGuard guard(slot_keys.device());
   const at::Tensor keys = keys_in.contiguous();
   const at::Tensor pool = pool_in.contiguous();
@@ -168,8 +162,7 @@ std::tuple<at::Tensor, at::Tensor> hash_index_insert_cuda(
 
 at::Tensor hash_index_erase_cuda(const at::Tensor& slot_keys, const at::Tensor& slot_rows,
                                  const at::Tensor& keys_in) {
-  check_index(slot_keys, slot_rows, "hash_index_erase_");
-  check_keys(keys_in, slot_keys, "hash_index_erase_");
+  check_index_op(slot_keys, slot_rows, keys_in, "hash_index_erase_");
   c10::cuda::CUDAGuard guard(slot_keys.device());
   const at::Tensor keys = keys_in.contiguous();
   at::Tensor out = at::empty_like(keys);
