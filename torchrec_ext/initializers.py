@@ -62,30 +62,22 @@ class Normal(Initializer):
     std: float = 0.05
     eval_value: float = 0.0
 
+    _kind = NORMAL  # not a field: the kernel's draw
+
     def __post_init__(self):
         self._check()
         if self.std < 0:
-            raise ValueError(f"Normal: negative std {self.std}")
+            raise ValueError(f"{type(self).__name__}: negative std {self.std}")
 
     def native(self):
-        return NORMAL, float(self.mean), float(self.std)
+        return self._kind, float(self.mean), float(self.std)
 
 
 @dataclass(frozen=True)
-class TruncatedNormal(Initializer):
+class TruncatedNormal(Normal):
     """Normal redrawn outside mean +- 2 std (TensorFlow's truncated_normal)."""
 
-    mean: float = 0.0
-    std: float = 0.05
-    eval_value: float = 0.0
-
-    def __post_init__(self):
-        self._check()
-        if self.std < 0:
-            raise ValueError(f"TruncatedNormal: negative std {self.std}")
-
-    def native(self):
-        return TRUNCATED_NORMAL, float(self.mean), float(self.std)
+    _kind = TRUNCATED_NORMAL
 
 
 def torchrec_default(num_embeddings: int) -> Uniform:
