@@ -31,14 +31,20 @@ KINDS = {
 DEFAULTS = {"learning_rate": 0.01, "eps": 1.0e-8, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.0}
 
 
-def row_optimizer_kind(fused_params: Optional[Mapping[str, Any]], where: str) -> str:
+def optimizer_kind_of(fused_params: Optional[Mapping[str, Any]], where: str,
+                      kinds: Mapping[EmbOptimType, str] = KINDS, tables: str = "") -> str:
+    """The kind of `fused_params["optimizer"]` (default EXACT_SGD), if `kinds` has it."""
     opt = (fused_params or {}).get("optimizer", EmbOptimType.EXACT_SGD)
     if isinstance(opt, str):
         opt = EmbOptimType(opt)
-    if opt not in KINDS:
-        raise ValueError(f"{where}: fused optimizer {opt} is not supported for dynamic tables; use one of "
-                         f"{sorted({o.value for o in KINDS})}")
-    return KINDS[opt]
+    if opt not in kinds:
+        raise ValueError(f"{where}: fused optimizer {opt} is not supported{tables}; use one of "
+                         f"{sorted({o.value for o in kinds})}")
+    return kinds[opt]
+
+
+def row_optimizer_kind(fused_params: Optional[Mapping[str, Any]], where: str) -> str:
+    return optimizer_kind_of(fused_params, where, KINDS, " for dynamic tables")
 
 
 def state_widths(kind: str, dim: int) -> Dict[str, int]:

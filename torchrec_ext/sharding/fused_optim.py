@@ -13,35 +13,27 @@ from __future__ import annotations
 from typing import Any, Dict, List, Mapping, Optional
 
 import torch
-from fbgemm_gpu.split_embedding_configs import EmbOptimType
 from torchrec.optim.fused import FusedOptimizer
 
-SGD = "sgd"
-ADAGRAD = "adagrad"
-ROWWISE_ADAGRAD = "rowwise_adagrad"
+from torchrec_ext.modules.row_optim import (
+    ADAGRAD,
+    ADAM,
+    DEFAULTS,
+    KINDS,
+    ROWWISE_ADAGRAD,
+    SGD,
+    optimizer_kind_of,
+)
 
-_KINDS = {
-    EmbOptimType.SGD: SGD,
-    EmbOptimType.EXACT_SGD: SGD,
-    EmbOptimType.EXACT_ADAGRAD: ADAGRAD,
-    EmbOptimType.EXACT_ROWWISE_ADAGRAD: ROWWISE_ADAGRAD,
-    EmbOptimType.ROWWISE_ADAGRAD: ROWWISE_ADAGRAD,
-}
+# Fixed-size tables keep dense optimizer state: every kind but Adam (per-row steps).
+_KINDS = {opt: kind for opt, kind in KINDS.items() if kind != ADAM}
 
-DEFAULT_LR = 0.01  # FBGEMM TBE's default learning rate
-DEFAULT_EPS = 1.0e-8
+DEFAULT_LR = DEFAULTS["learning_rate"]  # FBGEMM TBE's default learning rate
+DEFAULT_EPS = DEFAULTS["eps"]
 
 
 def optimizer_kind(fused_params: Optional[Mapping[str, Any]], where: str) -> str:
-    opt = (fused_params or {}).get("optimizer", EmbOptimType.EXACT_SGD)
-    if isinstance(opt, str):
-        opt = EmbOptimType(opt)
-    if opt not in _KINDS:
-        raise ValueError(
-            f"{where}: fused optimizer {opt} is not supported; use one of "
-            f"{sorted({o.value for o in _KINDS})}"
-        )
-    return _KINDS[opt]
+    return optimizer_kind_of(fused_params, where, _KINDS)
 
 
 class ExtFusedOptimizer(FusedOptimizer):
