@@ -240,9 +240,9 @@ class DynamicTable(nn.Module):
 
 
 def load_buckets(rows: DynamicRows, cfg: DynamicEmbeddingBagConfig, state_dict: Mapping[str, Any],
-                 prefix: str, buckets, col_offset: int = 0) -> Dict[int, KeyedRows]:
+                 prefix: str, buckets) -> Dict[int, KeyedRows]:
     """Replaces `rows` with the given buckets' entries found in state_dict (the columns
-    [col_offset, col_offset + rows.dim) of each); returns the entries used."""
+    `rows` holds of each); returns the entries used."""
     entries = {}
     for b in buckets:
         v = state_dict.get(bucket_key(prefix, b))
@@ -257,9 +257,8 @@ def load_buckets(rows: DynamicRows, cfg: DynamicEmbeddingBagConfig, state_dict: 
         entries[b] = v
     if entries:
         rows.clear()
-        cols = None if rows.dim == cfg.embedding_dim else slice(col_offset, col_offset + rows.dim)
         for v in entries.values():
-            rows.load(v, cols)
+            rows.load(v, rows.column_slice(cfg.embedding_dim))
     return entries
 
 

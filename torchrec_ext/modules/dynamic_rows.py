@@ -135,6 +135,10 @@ class DynamicRows:
         self.state_widths = dict(widths)
         self._cover(len(self.blocks) * self.block_size)
 
+    def column_slice(self, full_dim: int) -> Optional[slice]:
+        """The columns these rows hold of full-width rows (None: all of them)."""
+        return None if self.dim == full_dim else slice(self.col_offset, self.col_offset + self.dim)
+
     def _raw_blocks(self) -> List[torch.Tensor]:
         return [b.data if isinstance(b, torch.nn.Parameter) else b for b in self.blocks]
 
@@ -233,7 +237,7 @@ class DynamicRows:
         if need_counts:
             rows = looked.rows
             counts = torch.bincount(torch.searchsorted(urows, rows[rows >= 0]), minlength=urows.numel())
-        if looked.blocks is not None and len(looked.blocks) * self.block_size > looked.real_rows:
+        if len(looked.blocks) * self.block_size > looked.real_rows:
             keep = urows < looked.real_rows  # scratch rows (not admitted) get no update
             urows, grads = urows[keep], grads[keep]
             counts = counts[keep] if counts is not None else None

@@ -7,4 +7,4 @@ from torchrec_ext.ops.hashed import (  # noqa: F401
     hashed_bag_backward,
 )
 from torchrec_ext.ops.qr import QRShardLayout, qr_bag, qr_bag_backward  # noqa: F401
-from torchrec_ext.ops.dynamic import dynamic_bag, dynamic_bag_backward, key_hash  # noqa: F401
+from torchrec_ext.ops.dynamic import dynamic_bag, key_hash  # noqa: F401

@@ -76,12 +76,6 @@ def key_hash(keys: torch.Tensor) -> torch.Tensor:
     return _ops.dynamic_key_hash(keys)
 
 
-def dynamic_bag_backward(grad_output, blocks, rows, offsets, per_sample_weights, pooling: int,
-                         missing_value: float, psw_grad: bool):
-    return _ops.dynamic_bag_backward(grad_output, blocks, rows, offsets, per_sample_weights,
-                                     pooling, missing_value, psw_grad)
-
-
 class _DenseBlockGrad(torch.autograd.Function):
     """Pooled lookup whose blocks receive dense gradients (unfused training, tests)."""
 

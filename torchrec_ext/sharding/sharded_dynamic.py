@@ -47,7 +47,7 @@ class ShardedDynamicEmbeddingBagCollection(ShardedExtEmbeddingBagCollection):
             for s in kernel.shards:
                 self._dynamic_shards[s.table_name].append(s)
         for shards in self._dynamic_shards.values():
-            shards.sort(key=lambda s: int(s.metadata.shard_offsets[1]) if s.metadata is not None else 0)
+            shards.sort(key=lambda s: s.rows.col_offset)
 
     # --- what this rank holds ---
     def table_size(self, name: str) -> int:
@@ -81,9 +81,9 @@ class ShardedDynamicEmbeddingBagCollection(ShardedExtEmbeddingBagCollection):
         """What this rank holds of a table, full width: column-wise tables gather their
         columns from every holder (every rank must call this for those tables)."""
         shards = self._dynamic_shards[table]
-        if self.module_sharding_plan[table].sharding_type != ShardingType.COLUMN_WISE.value:
+        if not self._column_wise(table):
             return shards[0].rows.export(since_step)
-        local = [(int(s.metadata.shard_offsets[1]), s.rows.export(since_step).cpu()) for s in shards]
+        local = [(s.rows.col_offset, s.rows.export(since_step).cpu()) for s in shards]
         gathered: List = [None] * dist.get_world_size(self._env.process_group)
         dist.all_gather_object(gathered, local, group=self._env.process_group)
         pieces = sorted((p for per_rank in gathered for p in per_rank), key=lambda p: p[0])
@@ -119,10 +119,10 @@ class ShardedDynamicEmbeddingBagCollection(ShardedExtEmbeddingBagCollection):
         width; column-wise tables gather, so every rank must call this)."""
         out = {}
         for t in self._table_names:
-            cw = self.module_sharding_plan[t].sharding_type == ShardingType.COLUMN_WISE.value
-            if self._dynamic_shards[t] or cw:
-                entry = self._full_entry(t, since_step) if (self._dynamic_shards[t] or cw) else None
-                if self._dynamic_shards[t]:
+            held = bool(self._dynamic_shards[t])
+            if held or self._column_wise(t):
+                entry = self._full_entry(t, since_step)  # a collective for column-wise tables
+                if held:
                     out[t] = entry.cpu()
         return out
 
@@ -130,30 +130,27 @@ class ShardedDynamicEmbeddingBagCollection(ShardedExtEmbeddingBagCollection):
         """Applies deltas (from any plan or rank): each rank takes the keys it holds."""
         for t, entry in delta.items():
             cfg = self._table_name_to_config[t]
-            owned = set(self._owned_buckets(t))
-            if not owned:
-                continue
-            mine = torch.tensor([int(b) in owned for b in bucket_of(entry.keys, cfg.key_buckets)],
-                                dtype=torch.bool) if entry.keys.numel() else torch.zeros(0, dtype=torch.bool)
-            part = entry.select(mine)
+            part = entry.select(self._owned(t, entry.keys))
             if entry.deleted is not None:
-                gone = entry.deleted
-                keep = torch.tensor([int(b) in owned for b in bucket_of(gone, cfg.key_buckets)],
-                                    dtype=torch.bool) if gone.numel() else torch.zeros(0, dtype=torch.bool)
-                part.deleted = gone[keep]
+                part.deleted = entry.deleted[self._owned(t, entry.deleted)]
             for s in self._dynamic_shards[t]:
-                col = int(s.metadata.shard_offsets[1]) if s.metadata is not None else 0
-                cols = None if s.rows.dim == cfg.embedding_dim else slice(col, col + s.rows.dim)
-                s.rows.load(part, cols)
+                s.rows.load(part, s.rows.column_slice(cfg.embedding_dim))
+
+    def _owned(self, table: str, keys: torch.Tensor) -> torch.Tensor:
+        """Mask of the keys this rank holds (their bucket is one of its buckets)."""
+        owned = torch.tensor(self._owned_buckets(table), dtype=torch.long)
+        return torch.isin(bucket_of(keys, self._table_name_to_config[table].key_buckets), owned)
+
+    def _column_wise(self, table: str) -> bool:
+        return self.module_sharding_plan[table].sharding_type == ShardingType.COLUMN_WISE.value
 
     # --- state ---
     def state_dict(self, destination=None, prefix: str = "", keep_vars: bool = False):
         if destination is None:
             destination = OrderedDict()
         for t in self._table_names:
-            cw = self.module_sharding_plan[t].sharding_type == ShardingType.COLUMN_WISE.value
             owned = self._owned_buckets(t)
-            if not owned and not cw:
+            if not owned and not self._column_wise(t):
                 continue
             entry = self._full_entry(t)  # a collective for column-wise tables
             if not owned:
@@ -175,8 +172,7 @@ class ShardedDynamicEmbeddingBagCollection(ShardedExtEmbeddingBagCollection):
             known.add(prefix + "step")
             owned = self._owned_buckets(t)
             for s in self._dynamic_shards[t]:
-                col = int(s.metadata.shard_offsets[1]) if s.metadata is not None else 0
-                load_buckets(s.rows, cfg, state_dict, prefix, owned, col_offset=col)
+                load_buckets(s.rows, cfg, state_dict, prefix, owned)
                 if prefix + "step" in state_dict:
                     s.steps = int(state_dict[prefix + "step"])
             missing += [bucket_key(prefix, b) for b in owned if bucket_key(prefix, b) not in state_dict]
