@@ -37,7 +37,7 @@ from torchrec_ext import (
 )
 from torchrec_ext.admission import FrequencyAdmission
 from torchrec_ext.eviction import LFUEviction
-from torchrec_ext.sharding import get_sharders, make_planner
+from torchrec_ext.sharding import get_sharders, make_planner, planned_bytes
 
 STANDARD = {"country": 200, "device": 50}
 HASHED = {"user_id": 2_000_000}
@@ -85,17 +85,6 @@ class DemoModel(nn.Module):
         return self.mlp(torch.cat([pooled[k] for k in KEYS], dim=1)).squeeze(1)
 
 
-def held_bytes(cfg, sharding, world_size: int) -> int:
-    """Bytes of parameters the plan places on all ranks together (replicas counted)."""
-    if sharding.sharding_spec is None:  # data-parallel: a full copy per rank
-        return world_size * cfg.num_embeddings * cfg.embedding_dim * 4
-    shards = sharding.sharding_spec.shards
-    if hasattr(cfg, "state_pieces"):  # torchrec_ext tables hold their state pieces
-        return 4 * sum(pc.numel for s in shards
-                       for pc in cfg.state_pieces(sharding.sharding_type, s.shard_offsets, s.shard_sizes))
-    return 4 * sum(s.shard_sizes[0] * s.shard_sizes[1] for s in shards)
-
-
 def make_batch(step: int, rank: int, batch_size: int):
     """One id per feature per sample; the label depends on a hidden score of the ids."""
     g = torch.Generator().manual_seed(1000 * step + rank)
@@ -132,7 +121,7 @@ def worker(rank: int, world_size: int, port: int, args) -> None:
         print(f"{'table':<12}{'kind':<10}{'planned':>14}{'full table':>14}{'saving':>9}")
         for module in ("ebc", "hashed", "qr"):  # dynamic tables: rows created, after training
             for cfg in getattr(dmp.module, module)._embedding_bag_configs:
-                held = held_bytes(cfg, plan.plan[module][cfg.name], world_size)
+                held = planned_bytes(cfg, plan.plan[module][cfg.name], world_size)
                 full = cfg.num_embeddings * cfg.embedding_dim * 4
                 kind = "standard" if module == "ebc" else module
                 print(f"{cfg.name:<12}{kind:<10}{held:>14,}{full:>14,}{full / held:>8.0f}x")

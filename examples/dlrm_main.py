@@ -28,6 +28,7 @@ import time
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torchrec.models.dlrm import SparseArch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -83,25 +84,16 @@ class MixedCollections(torch.nn.Module):
         return self._configs
 
 
-def _mixed_sparse_arch():
-    from torchrec.models.dlrm import SparseArch
+class MixedSparseArch(SparseArch):
+    """SparseArch over MixedCollections: features in configs order, read by name (a
+    sharded collection's KeyedTensor may order keys by shard)."""
 
-    class MixedSparseArch(SparseArch):
-        """SparseArch over MixedCollections: features in configs order, read by name (a
-        sharded collection's KeyedTensor may order keys by shard)."""
-
-        def forward(self, features):
-            parts = []
-            for coll, names in zip(self.embedding_bag_collection.collections, self.embedding_bag_collection._names):
-                pooled = coll(features).to_dict()
-                parts += [pooled[n] for n in names]
-            return torch.cat(parts, dim=1).reshape(-1, self.F, self.D)
-
-    return MixedSparseArch
-
-
-def MixedSparseArch(mixed):  # noqa: N802 (a class built lazily: torchrec imports in workers only)
-    return _mixed_sparse_arch()(mixed)
+    def forward(self, features):
+        parts = []
+        for coll, names in zip(self.embedding_bag_collection.collections, self.embedding_bag_collection._names):
+            pooled = coll(features).to_dict()
+            parts += [pooled[n] for n in names]
+        return torch.cat(parts, dim=1).reshape(-1, self.F, self.D)
 
 
 def make_data(variant: str, args, split: str):
@@ -118,23 +110,14 @@ def embedding_bytes(dmp, plan, world_size: int) -> int:
     """Bytes of embedding state across all ranks: what the plan places for fixed-size tables
     (hashed buffers, QR partition tables), the rows created for dynamic tables."""
     from torchrec_ext.modules.dynamic_embedding_bag import DynamicEmbeddingBagConfig
+    from torchrec_ext.sharding import planned_bytes
 
     total = 0
     configs = {c.name: c for c in dmp.module.model.sparse_arch.embedding_bag_collection.embedding_bag_configs()}
     for module_plan in plan.plan.values():
         for name, ps in module_plan.items():
-            cfg = configs[name]
-            if isinstance(cfg, DynamicEmbeddingBagConfig):
-                continue
-            if ps.sharding_spec is None:  # data-parallel: a full copy on every rank
-                total += world_size * 4 * cfg.num_embeddings * cfg.embedding_dim
-                continue
-            shards = ps.sharding_spec.shards
-            if hasattr(cfg, "state_pieces"):
-                total += 4 * sum(pc.numel for s in shards
-                                 for pc in cfg.state_pieces(ps.sharding_type, s.shard_offsets, s.shard_sizes))
-            else:
-                total += 4 * sum(s.shard_sizes[0] * s.shard_sizes[1] for s in shards)
+            if not isinstance(configs[name], DynamicEmbeddingBagConfig):
+                total += planned_bytes(configs[name], ps, world_size)
     for coll in dmp.module.model.sparse_arch.embedding_bag_collection.collections:
         if hasattr(coll, "table_size"):
             for cfg in coll.embedding_bag_configs():

@@ -183,3 +183,16 @@ def test_dynamic_tables_are_not_data_parallel():
                            constraints={"d": ParameterConstraints(sharding_types=[ShardingType.DATA_PARALLEL.value])})
     with pytest.raises(Exception, match=r"No available sharding type .* for d\. Module: .*DynamicEmbeddingBagCollection"):
         planner._enumerator.enumerate(model, get_sharders())
+
+
+def test_planned_bytes_counts_state_pieces_and_refuses_dynamic_tables():
+    """What the examples report: a hashed table's buffer under its plan, not num_embeddings x dim."""
+    from torchrec_ext.sharding import planned_bytes
+
+    model = Model(hashed_rows=100_000, compression=0.01)
+    plan = make_planner(Topology(world_size=2, compute_device="cpu"), batch_size=64).plan(model, get_sharders())
+    cfg = model.hebc.embedding_bag_configs()[0]
+    assert planned_bytes(cfg, plan.plan["hebc"][cfg.name], 2) == cfg.buffer_rows * cfg.embedding_dim * 4
+    dyn = _dynamic_model(max_capacity=1000).dyn.embedding_bag_configs()[0]
+    with pytest.raises(ValueError, match=r"table 'd': a dynamic table holds the rows it creates"):
+        planned_bytes(dyn, None, 2)

@@ -146,6 +146,21 @@ def region_hint(cfg) -> str:
     return f"row-wise world sizes must divide row_regions={regions}" if regions else "see the table's config"
 
 
+def planned_bytes(cfg, sharding, world_size: int) -> int:
+    """Bytes of fp32 table state a plan places on all ranks together (replicas counted):
+    a torchrec_ext table's state pieces, a standard table's shards. Dynamic tables hold
+    the rows they create, not a planned amount: ask them (`table_size`)."""
+    if hasattr(cfg, "storage_bytes"):
+        raise ValueError(f"table '{cfg.name}': a dynamic table holds the rows it creates; use table_size()")
+    if sharding.sharding_spec is None:  # data-parallel: a full copy per rank
+        return world_size * cfg.num_embeddings * cfg.embedding_dim * 4
+    shards = sharding.sharding_spec.shards
+    if hasattr(cfg, "state_pieces"):
+        return 4 * sum(pc.numel for s in shards
+                       for pc in cfg.state_pieces(sharding.sharding_type, s.shard_offsets, s.shard_sizes))
+    return 4 * sum(s.shard_sizes[0] * s.shard_sizes[1] for s in shards)
+
+
 def make_planner(
     topology: Topology,
     batch_size: int = 512,
