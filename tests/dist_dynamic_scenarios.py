@@ -187,14 +187,15 @@ def assert_dense_match(sd, ref_sd):
             torch.testing.assert_close(t, ref_value[r:r + t.shape[0], c:c + t.shape[1]], atol=1e-5, rtol=1e-5)
 
 
-def assert_key_placement(dmp, ref, sharding_type):
-    """Row-wise: every key on exactly one rank; else every holder holds every key."""
+def assert_key_placement(sharded, ref, sharding_type):
+    """Sharded and unsharded dynamic collections hold the same keys. Row-wise: every key on
+    exactly one rank; else every holder holds every key."""
     for name in DYNAMIC_TABLES:
-        mine = dmp.module.dyn.keys(name)
-        assert dmp.module.dyn.table_size(name) == mine.numel()
+        mine = sharded.keys(name)
+        assert sharded.table_size(name) == mine.numel()
         per_rank = [None] * dist.get_world_size()
         dist.all_gather_object(per_rank, mine.tolist())
-        expected = set(ref.dyn.keys(name).tolist())
+        expected = set(ref.keys(name).tolist())
         if sharding_type == ShardingType.ROW_WISE.value:
             assert sum(len(k) for k in per_rank) == len(expected), name
             assert set().union(*map(set, per_rank)) == expected, name
@@ -226,15 +227,7 @@ def check_lifecycle_api(sharded, ref, sharding_type):
         assert torch.equal(keys[order], expected[name].keys), name
         torch.testing.assert_close(values[order], expected[name].values, atol=1e-6, rtol=1e-6)
     sharded.evict(), ref.evict()
-    assert_key_placement_of(sharded, ref, sharding_type)
-
-
-def assert_key_placement_of(sharded, ref, sharding_type):
-    for name in DYNAMIC_TABLES:
-        per_rank = [None] * dist.get_world_size()
-        dist.all_gather_object(per_rank, sharded.keys(name).tolist())
-        held = set().union(*map(set, per_rank))
-        assert held == set(ref.keys(name).tolist()), name
+    assert_key_placement(sharded, ref, sharding_type)
 
 
 def equivalence(rank, world_size, sharding_type, optimizer="sgd", lifecycle=False):
@@ -253,7 +246,7 @@ def equivalence(rank, world_size, sharding_type, optimizer="sgd", lifecycle=Fals
         torch.testing.assert_close(out, ref_out[lo:hi], atol=1e-5, rtol=1e-5)
     assert_same_rows(gathered_dynamic_state(dmp), ref.state_dict())
     assert_dense_match(dmp.state_dict(), ref.state_dict())
-    assert_key_placement(dmp, ref, sharding_type)
+    assert_key_placement(dmp.module.dyn, ref.dyn, sharding_type)
     if lifecycle:
         check_lifecycle_api(dmp.module.dyn, ref.dyn, sharding_type)
     # the dynamic tables' optimizers join DMP's fused optimizer, the TorchRec way
@@ -362,6 +355,6 @@ def dyn_checkpoint_load(rank, world_size, ckpt_dir, **_):
         assert_same_rows(gathered_dynamic_state(dmp), expected)
         ref = WithDynamic("adam", lifecycle=True)
         ref.load_state_dict(expected)
-        assert_key_placement(dmp, ref, sharding_type)
+        assert_key_placement(dmp.module.dyn, ref.dyn, sharding_type)
         continue_after_load(dmp, ref, world_size, rank)
         assert_same_rows(gathered_dynamic_state(dmp), ref.state_dict())
