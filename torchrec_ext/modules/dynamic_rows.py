@@ -163,20 +163,18 @@ class DynamicRows:
         if bool(missing.any()):
             uniq, inverse, counts = torch.unique(keys[missing], return_inverse=True, return_counts=True)
             admit = self.admission.admit(uniq, counts, self.step)
+            uniq_rows = torch.empty_like(uniq)
             new = uniq[admit]
             if new.numel():
-                self._insert(new, protect=keys[~missing])
+                uniq_rows[admit] = self._insert(new, protect=keys[~missing])
                 self.admission.forget(new)
-            rows = self.table.find(keys)
             real = len(self.blocks) * self.block_size  # insertion may have added blocks
             rejected = uniq[~admit]
             self.stats["rejected"] += int(rejected.numel())
             if rejected.numel():
                 scratch = self._scratch(rejected)
-                scratch_row = torch.full_like(uniq, -1)
-                scratch_row[~admit] = torch.arange(rejected.numel(), device=keys.device) + real
-                got = rows[missing]
-                rows[missing] = torch.where(got >= 0, got, scratch_row[inverse])
+                uniq_rows[~admit] = torch.arange(rejected.numel(), device=keys.device) + real
+            rows[missing] = uniq_rows[inverse]
         hit = rows[(rows >= 0) & (rows < real)]
         if hit.numel():  # repeats write the same step / add their count: no unique needed
             self.meta["last_seen"].index_fill_(0, hit, self.step)
@@ -193,9 +191,9 @@ class DynamicRows:
                               self.seed, self.col_offset)
         return blocks
 
-    def _insert(self, new: torch.Tensor, protect: torch.Tensor) -> None:
-        """Creates rows for the distinct keys `new`, evicting first if the policy is
-        capacity-bound and the table is full (never a key in `protect`)."""
+    def _insert(self, new: torch.Tensor, protect: torch.Tensor) -> torch.Tensor:
+        """Creates rows for the distinct, absent keys `new` and returns them, evicting first
+        if the policy is capacity-bound and the table is full (never a key in `protect`)."""
         cap = self.table.max_rows
         if cap is not None and len(self) + new.numel() > cap and self.eviction is not None \
                 and self.eviction.capacity_bound:
@@ -205,12 +203,11 @@ class DynamicRows:
             order = order[~torch.isin(view.keys[order], protect)]
             if order.numel() >= need:
                 self.erase(view.keys[order[:need]])
-        rows, inserted = self.table.find_or_insert(new)
+        rows, _ = self.table.find_or_insert(new)  # every key is new: every row was created
         self._cover(self.table.rows_in_use_bound)
-        rows = rows[inserted]
         kind, a, b = self.initializer.native()
         with torch.no_grad():
-            _ops.block_rows_init_(self._raw_blocks(), rows, new[inserted], kind, a, b, self.seed, self.col_offset)
+            _ops.block_rows_init_(self._raw_blocks(), rows, new, kind, a, b, self.seed, self.col_offset)
             for name, blocks in self.state_blocks.items():  # a reused slot starts fresh
                 _ops.block_rows_scatter_(blocks, rows, torch.zeros(rows.numel(), self.state_widths[name],
                                                                    device=self.device), 1.0, False)
@@ -218,6 +215,7 @@ class DynamicRows:
             self.meta[m][rows] = self.step
         self.meta["count"][rows] = 0
         self.stats["admitted"] += int(rows.numel())
+        return rows
 
     # --- pooling and updates ---
     def pool(self, looked: Lookup, offsets, per_sample_weights, pooling: int) -> torch.Tensor:
