@@ -17,6 +17,7 @@ b % world_size == r, so a checkpoint moves between world sizes bucket by bucket.
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -144,10 +145,13 @@ class DynamicEmbeddingBagConfig(EmbeddingBagConfig):
 
     def new_rows(self, device, col_offset: int = 0, cols: Optional[int] = None,
                  trainable_blocks: bool = False, capacity_share: float = 1.0) -> DynamicRows:
+        """Rows of a shard holding `cols` columns from `col_offset` and `capacity_share` of
+        the table's keys (a row-wise shard: 1 / world size of its capacities)."""
         cols = self.embedding_dim if cols is None else cols
         initial = int(round(self.initial_capacity * capacity_share))
+        cap = None if self.max_capacity is None else math.ceil(self.max_capacity * capacity_share)
         return DynamicRows(self.name, cols, self.storage_dtype, device, self.block_size, initial,
-                           self.max_capacity, self.initializer, self.seed, col_offset, trainable_blocks,
+                           cap, self.initializer, self.seed, col_offset, trainable_blocks,
                            self.admission, self.eviction, self.eviction_interval)
 
 

@@ -8,7 +8,6 @@ and the global column only, so every plan holds the same rows.
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -28,7 +27,6 @@ class DynamicLocalShard(nn.Module):
         self.metadata = table.local_metadata
         self.num_features = table.num_features()
         self.pooling = pooling
-        self.sharding_type = sharding_type
         self.weights, self.pieces = nn.ParameterList(), []  # no fixed-shape state
         col_offset = int(self.metadata.shard_offsets[1]) if self.metadata is not None else 0
         cols = table.local_cols
@@ -37,15 +35,10 @@ class DynamicLocalShard(nn.Module):
         share = 1.0 / world_size if row_wise else 1.0
         rank = int(self.metadata.placement.rank()) if (row_wise and self.metadata is not None) else -1
 
-        def make():
-            rows = config.new_rows(device, col_offset=col_offset, cols=cols, capacity_share=share)
-            if row_wise and config.max_capacity is not None:
-                # each rank holds its share of the table's capacity
-                rows.table.max_rows = math.ceil(config.max_capacity / world_size)
-            return rows
-
         signature = ("sharded", str(sharding_type), rank, col_offset, cols, str(device))
-        self.rows = shared_rows(config, signature, make)
+        # a row-wise rank holds its share of the table's keys, and of its capacities
+        self.rows = shared_rows(config, signature, lambda: config.new_rows(
+            device, col_offset=col_offset, cols=cols, capacity_share=share))
         self.optimizer = None  # a DynamicFusedUpdate, set by the kernel
         self.optim_key = ""
         self.steps = 0  # training lookups so far: the step stamped on rows
