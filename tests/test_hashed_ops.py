@@ -6,7 +6,7 @@ import torch
 import hashed_reference as ref
 from batches import DEVICES, assert_kernel_matches_reference, make_batch
 from torchrec_ext import HashedEmbeddingBagConfig
-from torchrec_ext.ops import coord_uniform_, hashed_bag
+from torchrec_ext.ops import coord_uniform_, hashed_bag, hashed_bag_sgd_
 
 CASES = [
     dict(mode="element", signed=False),
@@ -31,6 +31,38 @@ def test_forward_and_gradients_match_reference(case, pooling, weighted, device):
         lambda ws, i, o, p: hashed_bag(ws[0], i, o, p, pooling, cfg.shard_layout()),
         lambda ws, p: ref.pooled(cfg, ws[0], ids.numpy(), offsets, p, mean=pooling == 1),
         [w], ids, offsets, psw, device, psw_rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", CASES + [dict(mode="block", chunk_size=16)],
+                         ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("pooling", [0, 1], ids=["sum", "mean"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_sgd_equals_reference_gradient_step(case, pooling, device):
+    """hashed_bag_sgd_ leaves w - lr * (reference gradient) in the buffer, and the
+    per-sample-weight gradient of the weights as they were before the step."""
+    cfg = HashedEmbeddingBagConfig(name="t", num_embeddings=997, embedding_dim=16,
+                                   compression=0.05, row_regions=4, seed=5, **case)
+    w0 = torch.randn(cfg.buffer_rows, 16, dtype=torch.float64)
+    ids, offsets, psw = make_batch(cfg.num_embeddings, 40, 7, seed=11 + pooling)
+    go = torch.randn(40, 16, dtype=torch.float64)
+    w_ref = w0.clone().requires_grad_()
+    p_ref = psw.double().clone().requires_grad_()
+    (ref.pooled(cfg, w_ref, ids.numpy(), offsets, p_ref, mean=pooling == 1) * go).sum().backward()
+
+    w = w0.clone().to(device)
+    gpsw = hashed_bag_sgd_(w, go.to(device), ids.to(device), offsets.to(device),
+                           psw.to(device), pooling, cfg.shard_layout(), 0.25, True)
+    torch.testing.assert_close(w.cpu(), w0 - 0.25 * w_ref.grad)
+    torch.testing.assert_close(gpsw.cpu().double(), p_ref.grad, rtol=1e-5, atol=1e-6)
+    # Without per-sample weights, nothing else is returned; repeated ids accumulate.
+    w2 = w0.clone().to(device)
+    dup = torch.tensor([3, 3, 3, 500]).to(device)
+    out = hashed_bag_sgd_(w2, go[:2].to(device), dup, torch.tensor([0, 3, 4]).to(device), None, 0,
+                          cfg.shard_layout(), 1.0, False)
+    assert out.numel() == 0
+    w_ref2 = w0.clone().requires_grad_()
+    (ref.pooled(cfg, w_ref2, dup.cpu().numpy(), torch.tensor([0, 3, 4])) * go[:2]).sum().backward()
+    torch.testing.assert_close(w2.cpu(), w0 - w_ref2.grad)
 
 
 def test_ids_beyond_int32_range_use_64_bit_math():
@@ -102,3 +134,6 @@ def test_opcheck_schema_fake_and_autograd_registration():
     go = torch.randn(6, 8)
     torch.library.opcheck(torch.ops.torchrec_ext.hashed_bag_backward.default,
                           (go, w.detach(), ids, offsets, psw.float(), 1, *cfg.shard_layout().args(), True))
+    torch.library.opcheck(torch.ops.torchrec_ext.hashed_bag_sgd_.default,
+                          (w.detach().clone(), go, ids, offsets, psw.float(), 1, *cfg.shard_layout().args(),
+                           0.1, True))

@@ -17,6 +17,14 @@ TORCH_LIBRARY(torchrec_ext, m) {
       "Tensor offsets, Tensor? per_sample_weights, int pooling, int mode, int chunk, "
       "int rows_per_region, int slots, int id_offset, int col_offset, int seed, "
       "bool signed, bool psw_grad) -> (Tensor, Tensor)");
+  // The backward pass fused with SGD: weight -= lr * grad_weight, in place, without
+  // a dense gradient. Returns grad_per_sample_weights (taken before the update) or empty.
+  // (`hash_mode`, not `mode`: functionalization of a mutating op owns that name.)
+  m.def(
+      "hashed_bag_sgd_(Tensor(a!) weight, Tensor grad_output, Tensor indices, "
+      "Tensor offsets, Tensor? per_sample_weights, int pooling, int hash_mode, int chunk, "
+      "int rows_per_region, int slots, int id_offset, int col_offset, int seed, "
+      "bool signed, float lr, bool psw_grad) -> Tensor");
   // Fills `weight` with U(low, high) drawn from the global coordinates
   // (row + row_offset, col + col_offset): identical values under every plan.
   m.def(

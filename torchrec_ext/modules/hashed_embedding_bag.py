@@ -23,7 +23,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
 from torchrec_ext.modules.collection_base import ExtEmbeddingBagCollection
 from torchrec_ext.modules.table_kind import StatePiece
-from torchrec_ext.ops import HashedShardLayout, coord_uniform_, hashed_bag, hashed_bag_backward
+from torchrec_ext.ops import HashedShardLayout, coord_uniform_, hashed_bag, hashed_bag_backward, hashed_bag_sgd_
 
 MODES = {"element": 0, "block": 1}
 
@@ -170,6 +170,14 @@ class HashedEmbeddingBagConfig(EmbeddingBagConfig):
         gw, gpsw = hashed_bag_backward(grad, weights[0], values, offsets, per_sample_weights, pooling,
                                        layout, need_weights_grad)
         return [(None, gw)], (gpsw if need_weights_grad else None)
+
+    def sgd_shard_(self, layout, grad, weights, values, offsets, per_sample_weights, pooling: int,
+                   lr: float, need_weights_grad: bool):
+        # Each touched buffer element is updated where the gradient lands: no gradient the
+        # size of the buffer, and no pass over the elements the batch did not touch.
+        gpsw = hashed_bag_sgd_(weights[0], grad, values, offsets, per_sample_weights, pooling, layout,
+                               lr, need_weights_grad)
+        return gpsw if need_weights_grad else None
 
 
 class HashedEmbeddingBagCollection(ExtEmbeddingBagCollection):

@@ -22,6 +22,10 @@ A config implements:
   make_shard_state(pieces, offsets, sizes) what the kernels need (a layout)
   pool_shard(state, weights, ...)        pooled lookup of the shard ([bags, cols])
   backward_shard(state, grad, weights, ...) -> ([(rows or None, grad)] per piece, psw grad)
+and may implement
+  sgd_shard_(state, grad, weights, ..., lr, need_weights_grad) -> psw grad
+                                         backward fused with SGD, updating the pieces in
+                                         place (no gradient tensors)
 """
 
 from __future__ import annotations

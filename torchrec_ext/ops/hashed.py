@@ -43,6 +43,13 @@ def _backward_fake(grad_output, weight, indices, offsets, per_sample_weights, po
     return torch.empty_like(weight), weight.new_empty((n,), dtype=torch.float32)
 
 
+@torch.library.register_fake("torchrec_ext::hashed_bag_sgd_")
+def _sgd_fake(weight, grad_output, indices, offsets, per_sample_weights, pooling, *rest):
+    psw_grad = rest[-1]
+    n = indices.shape[0] if psw_grad else 0
+    return weight.new_empty((n,), dtype=torch.float32)
+
+
 @torch.library.register_fake("torchrec_ext::coord_uniform_")
 def _coord_uniform_fake(weight, row_offset, col_offset, seed, low, high):
     return weight
@@ -83,6 +90,15 @@ def hashed_bag_backward(grad_output: torch.Tensor, weight: torch.Tensor, indices
                         pooling: int, layout: HashedShardLayout, psw_grad: bool):
     return _ops.hashed_bag_backward(grad_output, weight, indices, offsets, per_sample_weights,
                                     pooling, *layout.args(), psw_grad)
+
+
+def hashed_bag_sgd_(weight: torch.Tensor, grad_output: torch.Tensor, indices: torch.Tensor,
+                    offsets: torch.Tensor, per_sample_weights: Optional[torch.Tensor], pooling: int,
+                    layout: HashedShardLayout, lr: float, psw_grad: bool) -> torch.Tensor:
+    """Backward fused with SGD: `weight -= lr * grad_weight` in place, no dense gradient.
+    Returns the per-sample-weight gradient (from the weights before the update) or empty."""
+    return _ops.hashed_bag_sgd_(weight, grad_output, indices, offsets, per_sample_weights, pooling,
+                                *layout.args(), lr, psw_grad)
 
 
 def coord_uniform_(weight: torch.Tensor, row_offset: int, col_offset: int, seed: int,

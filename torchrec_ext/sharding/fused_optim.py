@@ -60,6 +60,14 @@ class ExtFusedOptimizer(FusedOptimizer):
         ]
         super().__init__(params, state, param_groups)
 
+    @property
+    def kind(self) -> str:
+        return self._kind
+
+    @property
+    def lr(self) -> float:
+        return float(self.param_groups[0]["lr"])  # read per step: schedulers change it
+
     @torch.no_grad()
     def apply(self, param: torch.Tensor, grad: torch.Tensor, rows: Optional[torch.Tensor] = None) -> None:
         """One step for `param` with its (duplicate-summed) gradient.

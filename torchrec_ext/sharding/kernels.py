@@ -21,6 +21,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_ext.modules.collection_base import bags_to_batch_major
 from torchrec_ext.modules.table_kind import StatePiece
+from torchrec_ext.modules.row_optim import SGD
 from torchrec_ext.sharding.fused_optim import ExtFusedOptimizer
 
 # Key under which a table's torchrec_ext config rides in its per-table fused_params.
@@ -52,8 +53,8 @@ class _FusedLookup(torch.autograd.Function):
         values, offsets, weights = ctx.saved_tensors
         shard = ctx.shard
         need_w = ctx.has_weights and ctx.needs_input_grad[4]
-        grads, grad_psw = shard.backward(grad_output, values, offsets, weights if ctx.has_weights else None, need_w)
-        shard.apply_optimizer(grads)
+        grad_psw = shard.backward_and_update(grad_output, values, offsets,
+                                             weights if ctx.has_weights else None, need_w)
         return None, None, None, None, grad_psw if need_w else None
 
 
@@ -99,6 +100,17 @@ class LocalShard(nn.Module):
         return self.config.backward_shard(self.state, grad_output, [w.detach() for w in self.weights],
                                           values, offsets, per_sample_weights, self.pooling,
                                           need_weights_grad)
+
+    def backward_and_update(self, grad_output, values, offsets, per_sample_weights, need_weights_grad):
+        """Gradients of the shard, applied by the fused optimizer; returns the psw gradient."""
+        sgd_shard_ = getattr(self.config, "sgd_shard_", None)
+        if (sgd_shard_ is not None and self.optimizer.kind == SGD
+                and not any(pc.replicated for pc in self.pieces)):
+            return sgd_shard_(self.state, grad_output, [w.data for w in self.weights], values, offsets,
+                              per_sample_weights, self.pooling, self.optimizer.lr, need_weights_grad)
+        grads, grad_psw = self.backward(grad_output, values, offsets, per_sample_weights, need_weights_grad)
+        self.apply_optimizer(grads)
+        return grad_psw
 
     def apply_optimizer(self, grads) -> None:
         for i, (w, pc, (rows, grad)) in enumerate(zip(self.weights, self.pieces, grads)):

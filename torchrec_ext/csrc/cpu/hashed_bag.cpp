@@ -1,6 +1,14 @@
 // CPU kernels of the hashed-table ops: parallel over bags in the forward pass
 // and over buffer regions in the backward pass (each thread owns whole regions,
 // so gradients accumulate without atomics or a [nnz, dim] index tensor).
+//
+// Speed: a kernel first works out where a window of ids sits in the buffer (the
+// hashes, with the layout's divisions done as multiplications, see fast_div.h)
+// and prefetches those lines, then does the arithmetic; the random reads of a
+// window overlap instead of waiting one after another. The backward pass takes a
+// destination and a factor, so one kernel writes a dense gradient (dst = zeros,
+// alpha = 1) or applies SGD to the buffer in place (dst = weight, alpha = -lr),
+// which spares a gradient the size of the buffer and a pass over all of it.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -9,8 +17,9 @@
 #include <type_traits>
 #include <vector>
 
-#include "../hashed_layout.h"
 #include "../check_inputs.h"
+#include "../fast_div.h"
+#include "../hashed_layout.h"
 
 namespace torchrec_ext {
 namespace {
@@ -19,139 +28,210 @@ namespace {
 template <typename scalar_t>
 using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
-// A block-mode chunk starts at flat position f of its region's (slot, column) space and
-// runs Z positions: columns col..Z-1 of slot f / Z, then columns 0..col-1 of the next slot
-// (wrapping at the region's end). `visit(buffer_row, first_col, out_first, len)` sees the
-// two contiguous segments, so the inner loops carry no division and vectorize.
-template <typename Visit>
-inline void chunk_segments(int64_t f, int64_t Z, int64_t slots, int64_t base, Visit&& visit) {
-  const int64_t slot = f / Z, col = f % Z;
-  visit(base + slot, col, 0, Z - col);
-  if (col) visit(base + (slot + 1 == slots ? 0 : slot + 1), 0, Z - col, col);
+// Where one column region of one id sits. Element mode: the element at `a`. Block
+// mode: `len1` elements from `a`, then Z - len1 from `b` (a chunk that runs past its
+// slot's end continues in the next slot, wrapping to the region's first slot).
+struct Segment {
+  int64_t a;
+  int64_t b;
+  int64_t len1;
+  double sign;
+};
+
+// Segments kept per window: enough ids to overlap many cache misses, few enough to
+// stay in L1/L2.
+constexpr int64_t kWindowSegments = 2048;
+
+// The layout, with its divisions precomputed.
+struct Addresser {
+  HashedLayout L;
+  int64_t D, Z, C, first_region;
+  FastDiv per_region, slots, flat, chunk;
+
+  Addresser(const HashedLayout& layout, int64_t dim)
+      : L(layout), D(dim), Z(layout.chunk), C(dim / layout.chunk),
+        first_region(layout.first_region()), per_region(layout.rows_per_region),
+        slots(layout.slots), flat(layout.slots * layout.chunk), chunk(layout.chunk) {}
+
+  int64_t region(int64_t local_id) const {
+    return static_cast<int64_t>(per_region.div(static_cast<uint64_t>(local_id + L.id_offset))) -
+           first_region;
+  }
+
+  // Segments of column regions [c0, c1) of a shard-local id, into seg[0 .. c1 - c0);
+  // prefetches what they cover in `w`.
+  template <typename scalar_t>
+  void locate(int64_t local_id, int64_t c0, int64_t c1, const scalar_t* w, Segment* seg) const {
+    const int64_t base = region(local_id) * L.slots;
+    const uint64_t h0 = id_hash(local_id + L.id_offset, L.seed);
+    const int64_t col0 = L.col_offset / Z;
+    for (int64_t c = c0; c < c1; ++c, ++seg) {
+      const uint64_t h = col_hash(h0, col0 + c);
+      seg->sign = hash_sign(h, L.is_signed);
+      if (L.mode == 0) {
+        seg->a = (base + static_cast<int64_t>(slots.mod(h & kLow63))) * D + c;
+        seg->len1 = 1;
+        seg->b = seg->a;
+        __builtin_prefetch(w + seg->a);
+      } else {
+        const int64_t f = static_cast<int64_t>(flat.mod(h & kLow63));
+        const int64_t slot = static_cast<int64_t>(chunk.div(f));
+        const int64_t col = f - slot * Z;
+        seg->a = (base + slot) * D + c * Z + col;
+        seg->len1 = Z - col;
+        seg->b = (base + (slot + 1 == L.slots ? 0 : slot + 1)) * D + c * Z;
+        __builtin_prefetch(w + seg->a);
+        __builtin_prefetch(w + seg->a + seg->len1 - 1);
+        if (col) __builtin_prefetch(w + seg->b);
+      }
+    }
+  }
+};
+
+// Walks ids [i0, i1) of a bag range in windows: `fill(i)` has located id i's segments
+// in win[(i - w0) * C ..]. Calls visit(i, segments of i).
+template <typename scalar_t, typename Visit>
+inline void windowed(const Addresser& A, const scalar_t* w, const int64_t* idx, int64_t i0,
+                     int64_t i1, std::vector<Segment>& win, Visit&& visit) {
+  const int64_t per = std::max<int64_t>(1, kWindowSegments / A.C);
+  win.resize(per * A.C);
+  for (int64_t w0 = i0; w0 < i1; w0 += per) {
+    const int64_t w1 = std::min(i1, w0 + per);
+    for (int64_t i = w0; i < w1; ++i) A.locate(idx[i], 0, A.C, w, &win[(i - w0) * A.C]);
+    for (int64_t i = w0; i < w1; ++i) visit(i, &win[(i - w0) * A.C]);
+  }
 }
 
 template <typename scalar_t>
-void forward_kernel(const scalar_t* w, int64_t D, const int64_t* idx,
-                    const int64_t* off, const float* psw, int64_t num_bags,
-                    bool mean, const HashedLayout& L, scalar_t* out) {
+void forward_kernel(const scalar_t* w, const Addresser& A, const int64_t* idx,
+                    const int64_t* off, const float* psw, int64_t num_bags, bool mean,
+                    scalar_t* out) {
   using acc_t = acc_type<scalar_t>;
-  const int64_t Z = L.chunk;
-  const int64_t LZ = L.slots * Z;
-  at::parallel_for(0, num_bags, 16, [&](int64_t b0, int64_t b1) {
+  const int64_t D = A.D, Z = A.Z, C = A.C;
+  at::parallel_for(0, num_bags, 64, [&](int64_t b0, int64_t b1) {
     std::vector<acc_t> acc(D);
-    for (int64_t b = b0; b < b1; ++b) {
+    std::vector<Segment> win;
+    int64_t b = b0 - 1, bag_end = off[b0];
+    auto finish = [&](int64_t bag) {
+      const int64_t n = off[bag + 1] - off[bag];
+      const acc_t scale = (mean && n > 0) ? acc_t(1) / static_cast<acc_t>(n) : acc_t(1);
+      for (int64_t j = 0; j < D; ++j) out[bag * D + j] = static_cast<scalar_t>(acc[j] * scale);
       std::fill(acc.begin(), acc.end(), acc_t(0));
-      const int64_t s = off[b], e = off[b + 1];
-      for (int64_t i = s; i < e; ++i) {
-        const int64_t gid = idx[i] + L.id_offset;
-        const int64_t base = L.local_region(idx[i]) * L.slots;
-        const acc_t pw = psw ? psw[i] : acc_t(1);
-        const uint64_t h0 = id_hash(gid, L.seed);
-        if (L.mode == 0) {
-          for (int64_t j = 0; j < D; ++j) {
-            const uint64_t h = col_hash(h0, L.col_offset + j);
-            const int64_t row = base + hash_slot(h, L.slots);
-            acc[j] += pw * hash_sign(h, L.is_signed) * static_cast<acc_t>(w[row * D + j]);
-          }
-        } else {
-          for (int64_t c = 0; c < D / Z; ++c) {
-            const uint64_t h = col_hash(h0, L.col_offset / Z + c);
-            const acc_t sg = pw * hash_sign(h, L.is_signed);
-            acc_t* a = acc.data() + c * Z;
-            chunk_segments(hash_slot(h, LZ), Z, L.slots, base,
-                           [&](int64_t row, int64_t col, int64_t t0, int64_t len) {
-              const scalar_t* src = w + row * D + c * Z + col;
-              for (int64_t t = 0; t < len; ++t) a[t0 + t] += sg * static_cast<acc_t>(src[t]);
-            });
-          }
+    };
+    // Bags in order; empty ones are written when the walk passes them.
+    auto advance_to = [&](int64_t i) {
+      while (i >= bag_end) {
+        if (b >= b0) finish(b);
+        ++b;
+        bag_end = off[b + 1];
+      }
+    };
+    windowed(A, w, idx, off[b0], off[b1], win, [&](int64_t i, const Segment* seg) {
+      advance_to(i);
+      const acc_t pw = psw ? static_cast<acc_t>(psw[i]) : acc_t(1);
+      if (A.L.mode == 0) {
+        for (int64_t j = 0; j < D; ++j) acc[j] += pw * static_cast<acc_t>(seg[j].sign) * static_cast<acc_t>(w[seg[j].a]);
+      } else {
+        for (int64_t c = 0; c < C; ++c) {
+          const acc_t s = pw * static_cast<acc_t>(seg[c].sign);
+          acc_t* a = acc.data() + c * Z;
+          const scalar_t* src = w + seg[c].a;
+          const int64_t n1 = seg[c].len1;
+          for (int64_t t = 0; t < n1; ++t) a[t] += s * static_cast<acc_t>(src[t]);
+          src = w + seg[c].b;
+          for (int64_t t = n1; t < Z; ++t) a[t] += s * static_cast<acc_t>(src[t - n1]);
         }
       }
-      const acc_t scale = (mean && e > s) ? acc_t(1) / static_cast<acc_t>(e - s) : acc_t(1);
-      for (int64_t j = 0; j < D; ++j) out[b * D + j] = static_cast<scalar_t>(acc[j] * scale);
+    });
+    while (b < b1) {  // the last non-empty bag and any empty ones after it
+      if (b >= b0) finish(b);
+      ++b;
     }
   });
 }
 
-// Units of work are (local row region, column region) pairs; a thread scans all
-// ids and applies those that fall in its units.
+// dst += alpha * d(out)/d(weight) . grad_output, for the units (local row region,
+// column region) a thread owns; each thread scans all ids and applies those in its units.
 template <typename scalar_t>
-void backward_kernel(const scalar_t* go, int64_t D, const int64_t* idx,
-                     const int64_t* off, const float* psw, int64_t num_bags,
-                     bool mean, const HashedLayout& L, int64_t num_regions,
-                     scalar_t* gw) {
-  const int64_t Z = L.chunk;
-  const int64_t LZ = L.slots * Z;
-  const int64_t C = D / Z;  // column regions in this shard
+void backward_kernel(const scalar_t* go, const Addresser& A, const int64_t* idx,
+                     const int64_t* off, const float* psw, int64_t num_bags, bool mean,
+                     int64_t num_regions, double alpha, scalar_t* dst) {
+  using acc_t = acc_type<scalar_t>;
+  const int64_t D = A.D, Z = A.Z, C = A.C;
+  struct Job {
+    Segment seg;
+    const scalar_t* g;
+    acc_t coef;
+  };
   at::parallel_for(0, num_regions * C, 1, [&](int64_t u0, int64_t u1) {
+    std::vector<Job> jobs;
+    jobs.reserve(kWindowSegments + C);
+    auto flush = [&] {
+      for (const Job& j : jobs) {
+        if (A.L.mode == 0) {
+          dst[j.seg.a] += static_cast<scalar_t>(j.coef * static_cast<acc_t>(*j.g));
+          continue;
+        }
+        const scalar_t s = static_cast<scalar_t>(j.coef);
+        const int64_t n1 = j.seg.len1;
+        scalar_t* d1 = dst + j.seg.a;
+        for (int64_t t = 0; t < n1; ++t) d1[t] += s * j.g[t];
+        scalar_t* d2 = dst + j.seg.b;
+        for (int64_t t = n1; t < Z; ++t) d2[t - n1] += s * j.g[t];
+      }
+      jobs.clear();
+    };
+    std::vector<Segment> seg(C);
     for (int64_t b = 0; b < num_bags; ++b) {
       const int64_t s = off[b], e = off[b + 1];
       if (s == e) continue;
-      const double scale = mean ? 1.0 / static_cast<double>(e - s) : 1.0;
-      const scalar_t* g = go + b * D;
+      const double scale = alpha * ((mean) ? 1.0 / static_cast<double>(e - s) : 1.0);
       for (int64_t i = s; i < e; ++i) {
-        const int64_t r = L.local_region(idx[i]);
+        const int64_t r = A.region(idx[i]);
         const int64_t c_lo = std::max<int64_t>(u0 - r * C, 0);
         const int64_t c_hi = std::min<int64_t>(u1 - r * C, C);
         if (c_lo >= c_hi) continue;
-        const int64_t base = r * L.slots;
         const double pw = scale * (psw ? psw[i] : 1.0);
-        const uint64_t h0 = id_hash(idx[i] + L.id_offset, L.seed);
+        A.locate(idx[i], c_lo, c_hi, dst, seg.data());
         for (int64_t c = c_lo; c < c_hi; ++c) {
-          const uint64_t h = col_hash(h0, (L.col_offset / Z) + c);
-          const double sg = pw * hash_sign(h, L.is_signed);
-          if (L.mode == 0) {
-            gw[(base + hash_slot(h, L.slots)) * D + c] += static_cast<scalar_t>(sg * g[c]);
-          } else {
-            const scalar_t* gc = g + c * Z;
-            chunk_segments(hash_slot(h, LZ), Z, L.slots, base,
-                           [&](int64_t row, int64_t col, int64_t t0, int64_t len) {
-              scalar_t* dst = gw + row * D + c * Z + col;
-              const scalar_t sgs = static_cast<scalar_t>(sg);
-              for (int64_t t = 0; t < len; ++t) dst[t] += sgs * gc[t0 + t];
-            });
-          }
+          const Segment& sc = seg[c - c_lo];
+          jobs.push_back({sc, go + b * D + c * Z, static_cast<acc_t>(pw * sc.sign)});
         }
+        if (static_cast<int64_t>(jobs.size()) >= kWindowSegments) flush();
       }
     }
+    flush();
   });
 }
 
 // d(out[b]) / d(psw[i]) = scale * <grad_out[b], virtual row of id i>.
 template <typename scalar_t>
-void psw_grad_kernel(const scalar_t* go, const scalar_t* w, int64_t D,
-                     const int64_t* idx, const int64_t* off, int64_t num_bags,
-                     bool mean, const HashedLayout& L, float* gpsw) {
-  const int64_t Z = L.chunk;
-  const int64_t LZ = L.slots * Z;
-  at::parallel_for(0, num_bags, 16, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t s = off[b], e = off[b + 1];
-      const double scale = (mean && e > s) ? 1.0 / static_cast<double>(e - s) : 1.0;
+void psw_grad_kernel(const scalar_t* go, const scalar_t* w, const Addresser& A,
+                     const int64_t* idx, const int64_t* off, int64_t num_bags, bool mean,
+                     float* gpsw) {
+  const int64_t D = A.D, Z = A.Z, C = A.C;
+  at::parallel_for(0, num_bags, 64, [&](int64_t b0, int64_t b1) {
+    std::vector<Segment> win;
+    int64_t b = b0;
+    windowed(A, w, idx, off[b0], off[b1], win, [&](int64_t i, const Segment* seg) {
+      while (i >= off[b + 1]) ++b;
+      const int64_t n = off[b + 1] - off[b];
+      const double scale = mean ? 1.0 / static_cast<double>(n) : 1.0;
       const scalar_t* g = go + b * D;
-      for (int64_t i = s; i < e; ++i) {
-        const int64_t base = L.local_region(idx[i]) * L.slots;
-        const uint64_t h0 = id_hash(idx[i] + L.id_offset, L.seed);
-        double dot = 0.0;
-        if (L.mode == 0) {
-          for (int64_t j = 0; j < D; ++j) {
-            const uint64_t h = col_hash(h0, L.col_offset + j);
-            dot += hash_sign(h, L.is_signed) * static_cast<double>(w[(base + hash_slot(h, L.slots)) * D + j]) * g[j];
-          }
-        } else {
-          for (int64_t c = 0; c < D / Z; ++c) {
-            const uint64_t h = col_hash(h0, L.col_offset / Z + c);
-            double part = 0.0;
-            int64_t f = hash_slot(h, LZ);
-            for (int64_t t = 0; t < Z; ++t, ++f) {
-              if (f == LZ) f = 0;
-              part += static_cast<double>(w[(base + f / Z) * D + c * Z + f % Z]) * g[c * Z + t];
-            }
-            dot += hash_sign(h, L.is_signed) * part;
-          }
+      double dot = 0.0;
+      if (A.L.mode == 0) {
+        for (int64_t j = 0; j < D; ++j) dot += seg[j].sign * static_cast<double>(w[seg[j].a]) * g[j];
+      } else {
+        for (int64_t c = 0; c < C; ++c) {
+          double part = 0.0;
+          const int64_t n1 = seg[c].len1;
+          for (int64_t t = 0; t < n1; ++t) part += static_cast<double>(w[seg[c].a + t]) * g[c * Z + t];
+          for (int64_t t = n1; t < Z; ++t) part += static_cast<double>(w[seg[c].b + t - n1]) * g[c * Z + t];
+          dot += seg[c].sign * part;
         }
-        gpsw[i] = static_cast<float>(dot * scale);
       }
-    }
+      gpsw[i] = static_cast<float>(dot * scale);
+    });
   });
 }
 
@@ -160,6 +240,11 @@ HashedLayout make_layout(int64_t mode, int64_t chunk, int64_t rows_per_region,
                          int64_t seed, bool is_signed) {
   return HashedLayout{mode, mode == 0 ? 1 : chunk, rows_per_region, slots,
                       id_offset, col_offset, seed, is_signed};
+}
+
+std::optional<at::Tensor> float_weights(const std::optional<at::Tensor>& psw) {
+  if (!psw) return std::nullopt;
+  return psw->contiguous().to(at::kFloat);
 }
 
 at::Tensor hashed_bag_forward_cpu(const at::Tensor& weight, const at::Tensor& indices,
@@ -174,16 +259,51 @@ at::Tensor hashed_bag_forward_cpu(const at::Tensor& weight, const at::Tensor& in
   auto w = weight.contiguous();
   auto idx = indices.contiguous();
   auto off = offsets.contiguous();
-  std::optional<at::Tensor> psw;
-  if (per_sample_weights) psw = per_sample_weights->contiguous().to(at::kFloat);
+  auto psw = float_weights(per_sample_weights);
   const int64_t B = off.numel() - 1, D = w.size(1);
   auto out = at::empty({B, D}, w.options());
+  if (B == 0) return out;
+  const Addresser A(L, D);
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "hashed_bag_forward_cpu", [&] {
-    forward_kernel<scalar_t>(w.data_ptr<scalar_t>(), D, idx.data_ptr<int64_t>(),
+    forward_kernel<scalar_t>(w.data_ptr<scalar_t>(), A, idx.data_ptr<int64_t>(),
                              off.data_ptr<int64_t>(), psw ? psw->data_ptr<float>() : nullptr,
-                             B, pooling == 1, L, out.data_ptr<scalar_t>());
+                             B, pooling == 1, out.data_ptr<scalar_t>());
   });
   return out;
+}
+
+// Shared by the two backward ops: psw gradient first (it reads the weights as they
+// were in forward), then dst += alpha * weight gradient.
+at::Tensor backward_into(const at::Tensor& grad_output, const at::Tensor& weight,
+                         const at::Tensor& indices, const at::Tensor& offsets,
+                         const std::optional<at::Tensor>& per_sample_weights, int64_t pooling,
+                         const HashedLayout& L, bool psw_grad, double alpha, at::Tensor& dst,
+                         const char* op) {
+  check_hashed_inputs(weight, indices, offsets, per_sample_weights, L);
+  const int64_t B = offsets.numel() - 1, D = weight.size(1);
+  TORCH_CHECK(grad_output.dim() == 2 && grad_output.size(0) == B && grad_output.size(1) == D,
+              op, ": grad_output must be [", B, ", ", D, "]");
+  auto go = grad_output.contiguous().to(weight.scalar_type());
+  auto idx = indices.contiguous();
+  auto off = offsets.contiguous();
+  auto psw = float_weights(per_sample_weights);
+  auto gpsw = psw_grad ? at::zeros({indices.numel()}, weight.options().dtype(at::kFloat))
+                       : at::empty({0}, weight.options().dtype(at::kFloat));
+  if (B == 0) return gpsw;
+  const Addresser A(L, D);
+  const int64_t num_regions = weight.size(0) / L.slots;
+  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "hashed_bag_backward_cpu", [&] {
+    if (psw_grad) {
+      auto w = weight.contiguous();
+      psw_grad_kernel<scalar_t>(go.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), A,
+                                idx.data_ptr<int64_t>(), off.data_ptr<int64_t>(), B,
+                                pooling == 1, gpsw.data_ptr<float>());
+    }
+    backward_kernel<scalar_t>(go.data_ptr<scalar_t>(), A, idx.data_ptr<int64_t>(),
+                              off.data_ptr<int64_t>(), psw ? psw->data_ptr<float>() : nullptr,
+                              B, pooling == 1, num_regions, alpha, dst.data_ptr<scalar_t>());
+  });
+  return gpsw;
 }
 
 std::tuple<at::Tensor, at::Tensor> hashed_bag_backward_cpu(
@@ -193,31 +313,24 @@ std::tuple<at::Tensor, at::Tensor> hashed_bag_backward_cpu(
     int64_t id_offset, int64_t col_offset, int64_t seed, bool is_signed, bool psw_grad) {
   const HashedLayout L = make_layout(mode, chunk, rows_per_region, slots, id_offset,
                                      col_offset, seed, is_signed);
-  check_hashed_inputs(weight, indices, offsets, per_sample_weights, L);
-  const int64_t B = offsets.numel() - 1, D = weight.size(1);
-  TORCH_CHECK(grad_output.dim() == 2 && grad_output.size(0) == B && grad_output.size(1) == D,
-              "hashed_bag_backward: grad_output must be [", B, ", ", D, "]");
-  auto go = grad_output.contiguous().to(weight.scalar_type());
-  auto w = weight.contiguous();
-  auto idx = indices.contiguous();
-  auto off = offsets.contiguous();
-  std::optional<at::Tensor> psw;
-  if (per_sample_weights) psw = per_sample_weights->contiguous().to(at::kFloat);
-  auto gw = at::zeros_like(w);
-  auto gpsw = psw_grad ? at::zeros({indices.numel()}, w.options().dtype(at::kFloat))
-                       : at::empty({0}, w.options().dtype(at::kFloat));
-  const int64_t num_regions = w.size(0) / slots;
-  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "hashed_bag_backward_cpu", [&] {
-    backward_kernel<scalar_t>(go.data_ptr<scalar_t>(), D, idx.data_ptr<int64_t>(),
-                              off.data_ptr<int64_t>(), psw ? psw->data_ptr<float>() : nullptr,
-                              B, pooling == 1, L, num_regions, gw.data_ptr<scalar_t>());
-    if (psw_grad) {
-      psw_grad_kernel<scalar_t>(go.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), D,
-                                idx.data_ptr<int64_t>(), off.data_ptr<int64_t>(), B,
-                                pooling == 1, L, gpsw.data_ptr<float>());
-    }
-  });
+  auto gw = at::zeros(weight.sizes(), weight.options());
+  auto gpsw = backward_into(grad_output, weight, indices, offsets, per_sample_weights, pooling,
+                            L, psw_grad, 1.0, gw, "hashed_bag_backward");
   return {gw, gpsw};
+}
+
+at::Tensor hashed_bag_sgd_cpu(at::Tensor& weight, const at::Tensor& grad_output,
+                              const at::Tensor& indices, const at::Tensor& offsets,
+                              const std::optional<at::Tensor>& per_sample_weights,
+                              int64_t pooling, int64_t mode, int64_t chunk,
+                              int64_t rows_per_region, int64_t slots, int64_t id_offset,
+                              int64_t col_offset, int64_t seed, bool is_signed, double lr,
+                              bool psw_grad) {
+  TORCH_CHECK(weight.is_contiguous(), "hashed_bag_sgd_: weight must be contiguous (updated in place)");
+  const HashedLayout L = make_layout(mode, chunk, rows_per_region, slots, id_offset,
+                                     col_offset, seed, is_signed);
+  return backward_into(grad_output, weight, indices, offsets, per_sample_weights, pooling, L,
+                       psw_grad, -lr, weight, "hashed_bag_sgd_");
 }
 
 at::Tensor coord_uniform_cpu(at::Tensor& weight, int64_t row_offset, int64_t col_offset,
@@ -243,6 +356,7 @@ at::Tensor coord_uniform_cpu(at::Tensor& weight, int64_t row_offset, int64_t col
 TORCH_LIBRARY_IMPL(torchrec_ext, CPU, m) {
   m.impl("hashed_bag_forward", &hashed_bag_forward_cpu);
   m.impl("hashed_bag_backward", &hashed_bag_backward_cpu);
+  m.impl("hashed_bag_sgd_", &hashed_bag_sgd_cpu);
   m.impl("coord_uniform_", &coord_uniform_cpu);
 }
 

@@ -1,5 +1,6 @@
 // CUDA kernels of the hashed-table ops (same schema as cpu/hashed_bag.cpp).
-// One warp per bag; the backward pass scatters with atomicAdd into the buffer.
+// One warp per bag; the backward pass scatters with atomicAdd into the gradient, or
+// (hashed_bag_sgd_) straight into the buffer, scaled by -lr.
 // Ids outside the shard are skipped (the Python layer rejects them first, with
 // the table's name), so a bad call never touches memory outside the buffer.
 #include <ATen/ATen.h>
@@ -69,11 +70,12 @@ template <typename scalar_t>
 __global__ void backward_kernel(const scalar_t* __restrict__ go, int64_t D,
                                 const int64_t* __restrict__ idx, const int64_t* __restrict__ off,
                                 const float* __restrict__ psw, int64_t num_bags, bool mean,
-                                HashedLayout L, int64_t regions, scalar_t* __restrict__ gw) {
+                                HashedLayout L, int64_t regions, float alpha,
+                                scalar_t* __restrict__ gw) {
   const int64_t b = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.y;
   if (b >= num_bags) return;
   const int64_t s = off[b], e = off[b + 1];
-  const float scale = (mean && e > s) ? 1.0f / static_cast<float>(e - s) : 1.0f;
+  const float scale = alpha * ((mean && e > s) ? 1.0f / static_cast<float>(e - s) : 1.0f);
   for (int64_t i = s; i < e; ++i) {
     const int64_t id = idx[i];
     if (!valid_id(L, id, regions)) continue;
@@ -159,6 +161,44 @@ at::Tensor hashed_bag_forward_cuda(const at::Tensor& weight, const at::Tensor& i
   return out;
 }
 
+// Shared by the two backward ops: psw gradient first (from the weights as they were in
+// forward), then dst += alpha * weight gradient.
+at::Tensor backward_into(const at::Tensor& grad_output, const at::Tensor& weight,
+                         const at::Tensor& indices, const at::Tensor& offsets,
+                         const std::optional<at::Tensor>& per_sample_weights, int64_t pooling,
+                         const HashedLayout& L, bool psw_grad, float alpha, at::Tensor& dst,
+                         const char* op) {
+  check_hashed_meta(weight, indices, offsets, per_sample_weights, L);
+  c10::cuda::CUDAGuard guard(weight.device());
+  const int64_t B = offsets.numel() - 1, D = weight.size(1);
+  TORCH_CHECK(grad_output.dim() == 2 && grad_output.size(0) == B && grad_output.size(1) == D,
+              op, ": grad_output must be [", B, ", ", D, "]");
+  auto go = grad_output.contiguous().to(weight.scalar_type());
+  auto idx = indices.contiguous();
+  auto off = offsets.contiguous();
+  std::optional<at::Tensor> psw;
+  if (per_sample_weights) psw = per_sample_weights->contiguous().to(at::kFloat);
+  auto gpsw = psw_grad ? at::zeros({indices.numel()}, weight.options().dtype(at::kFloat))
+                       : at::empty({0}, weight.options().dtype(at::kFloat));
+  if (B == 0) return gpsw;
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t regions = weight.size(0) / L.slots;
+  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "hashed_bag_backward_cuda", [&] {
+    if (psw_grad) {
+      auto w = weight.contiguous();
+      psw_grad_kernel<scalar_t><<<bag_grid(B), dim3(kWarp, kWarpsPerBlock), 0, stream>>>(
+          go.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), D, idx.data_ptr<int64_t>(),
+          off.data_ptr<int64_t>(), B, pooling == 1, L, regions, gpsw.data_ptr<float>());
+    }
+    backward_kernel<scalar_t><<<bag_grid(B), dim3(kWarp, kWarpsPerBlock), 0, stream>>>(
+        go.data_ptr<scalar_t>(), D, idx.data_ptr<int64_t>(), off.data_ptr<int64_t>(),
+        psw ? psw->data_ptr<float>() : nullptr, B, pooling == 1, L, regions, alpha,
+        dst.data_ptr<scalar_t>());
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return gpsw;
+}
+
 std::tuple<at::Tensor, at::Tensor> hashed_bag_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& weight, const at::Tensor& indices,
     const at::Tensor& offsets, const std::optional<at::Tensor>& per_sample_weights,
@@ -166,36 +206,24 @@ std::tuple<at::Tensor, at::Tensor> hashed_bag_backward_cuda(
     int64_t id_offset, int64_t col_offset, int64_t seed, bool is_signed, bool psw_grad) {
   const HashedLayout L = make_layout(mode, chunk, rows_per_region, slots, id_offset,
                                      col_offset, seed, is_signed);
-  check_hashed_meta(weight, indices, offsets, per_sample_weights, L);
-  c10::cuda::CUDAGuard guard(weight.device());
-  const int64_t B = offsets.numel() - 1, D = weight.size(1);
-  TORCH_CHECK(grad_output.dim() == 2 && grad_output.size(0) == B && grad_output.size(1) == D,
-              "hashed_bag_backward: grad_output must be [", B, ", ", D, "]");
-  auto go = grad_output.contiguous().to(weight.scalar_type());
-  auto w = weight.contiguous();
-  auto idx = indices.contiguous();
-  auto off = offsets.contiguous();
-  std::optional<at::Tensor> psw;
-  if (per_sample_weights) psw = per_sample_weights->contiguous().to(at::kFloat);
-  auto gw = at::zeros_like(w);
-  auto gpsw = psw_grad ? at::zeros({indices.numel()}, w.options().dtype(at::kFloat))
-                       : at::empty({0}, w.options().dtype(at::kFloat));
-  if (B == 0) return {gw, gpsw};
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "hashed_bag_backward_cuda", [&] {
-    backward_kernel<scalar_t><<<bag_grid(B), dim3(kWarp, kWarpsPerBlock), 0, stream>>>(
-        go.data_ptr<scalar_t>(), D, idx.data_ptr<int64_t>(), off.data_ptr<int64_t>(),
-        psw ? psw->data_ptr<float>() : nullptr, B, pooling == 1, L, w.size(0) / slots,
-        gw.data_ptr<scalar_t>());
-    if (psw_grad) {
-      psw_grad_kernel<scalar_t><<<bag_grid(B), dim3(kWarp, kWarpsPerBlock), 0, stream>>>(
-          go.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), D, idx.data_ptr<int64_t>(),
-          off.data_ptr<int64_t>(), B, pooling == 1, L, w.size(0) / slots,
-          gpsw.data_ptr<float>());
-    }
-  });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  auto gw = at::zeros(weight.sizes(), weight.options());
+  auto gpsw = backward_into(grad_output, weight, indices, offsets, per_sample_weights, pooling,
+                            L, psw_grad, 1.0f, gw, "hashed_bag_backward");
   return {gw, gpsw};
+}
+
+at::Tensor hashed_bag_sgd_cuda(at::Tensor& weight, const at::Tensor& grad_output,
+                               const at::Tensor& indices, const at::Tensor& offsets,
+                               const std::optional<at::Tensor>& per_sample_weights,
+                               int64_t pooling, int64_t mode, int64_t chunk,
+                               int64_t rows_per_region, int64_t slots, int64_t id_offset,
+                               int64_t col_offset, int64_t seed, bool is_signed, double lr,
+                               bool psw_grad) {
+  TORCH_CHECK(weight.is_contiguous(), "hashed_bag_sgd_: weight must be contiguous (updated in place)");
+  const HashedLayout L = make_layout(mode, chunk, rows_per_region, slots, id_offset,
+                                     col_offset, seed, is_signed);
+  return backward_into(grad_output, weight, indices, offsets, per_sample_weights, pooling, L,
+                       psw_grad, static_cast<float>(-lr), weight, "hashed_bag_sgd_");
 }
 
 at::Tensor coord_uniform_cuda(at::Tensor& weight, int64_t row_offset, int64_t col_offset,
@@ -220,6 +248,7 @@ at::Tensor coord_uniform_cuda(at::Tensor& weight, int64_t row_offset, int64_t co
 TORCH_LIBRARY_IMPL(torchrec_ext, CUDA, m) {
   m.impl("hashed_bag_forward", &hashed_bag_forward_cuda);
   m.impl("hashed_bag_backward", &hashed_bag_backward_cuda);
+  m.impl("hashed_bag_sgd_", &hashed_bag_sgd_cuda);
   m.impl("coord_uniform_", &coord_uniform_cuda);
 }
 
