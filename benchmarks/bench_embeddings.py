@@ -27,6 +27,7 @@ VARIANTS = {
     "nn_embeddingbag": "torch.nn.EmbeddingBag, sparse SGD",
     "hashed_element": "hashed, element mode, compression 0.1",
     "hashed_block": "hashed, block mode (Z=32), compression 0.1",
+    "hashed_block_per_table": "hashed_block with table batching off: one native call per table",
     "qr_mult": "QR, m=1000, mult",
     "qr_add": "QR, m=1000, add",
     "qr_concat": "QR, m=1000, concat",
@@ -85,7 +86,7 @@ def build(variant: str, args, device):
     if variant == "baseline":
         return EmbeddingBagCollection([EmbeddingBagConfig(**common(t)) for t in T], device=torch.device("meta"))
     if variant.startswith("hashed_"):
-        mode = variant.split("_")[1]
+        mode = variant.split("_")[1]  # hashed_<mode>[_per_table]
         return HashedEmbeddingBagCollection(
             [HashedEmbeddingBagConfig(**common(t), mode=mode, compression=0.1, seed=t) for t in T],
             device=torch.device("meta"))
@@ -116,6 +117,8 @@ def run_variant(variant: str, args) -> dict:
     from tqdm import tqdm
 
     device = torch.device(args.device)
+    if variant.endswith("_per_table"):  # read when the sharded kernels are built
+        os.environ["TORCHREC_EXT_TABLE_BATCHING"] = "0"
     torch.set_num_threads(args.threads or torch.get_num_threads())
     batches = make_batches(args, args.batches)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -33,7 +33,7 @@ from torchrec_ext.sharding import get_sharders, make_planner
 PER_RANK_BATCH = 4
 LR = 0.1
 FEATURES = {"f_std": 120, "f_a": 1000, "f_b": 5000, "f_shared": 1000, "f_q": 3000, "f_g": 1500, "f_c": 1100}
-WEIGHTED_FEATURES = {"f_w": 300}
+WEIGHTED_FEATURES = {"f_w": 300, "f_w2": 400}
 
 
 class TwoCollections(nn.Module):
@@ -59,7 +59,9 @@ class TwoCollections(nn.Module):
         )
         self.weighted = HashedEmbeddingBagCollection(
             tables=[HashedEmbeddingBagConfig(name="h_w", num_embeddings=300, embedding_dim=8,
-                                             feature_names=["f_w"], compression=0.2, row_regions=4, chunk_size=4)],
+                                             feature_names=["f_w"], compression=0.2, row_regions=4, chunk_size=4),
+                    HashedEmbeddingBagConfig(name="h_w2", num_embeddings=400, embedding_dim=8, mode="element",
+                                             feature_names=["f_w2"], compression=0.1, row_regions=4, seed=7)],
             is_weighted=True,
             device=device,
         )
@@ -109,7 +111,7 @@ def kjt_for(batch, lo: int, hi: int) -> KeyedJaggedTensor:
     )
 
 
-TABLES = ["std0", "h_elem", "h_block", "h_w", "q_mult", "q_gen", "q_crt"]
+TABLES = ["std0", "h_elem", "h_block", "h_w", "h_w2", "q_mult", "q_gen", "q_crt"]
 
 
 def expected_type(table: str, sharding_type: str) -> str:

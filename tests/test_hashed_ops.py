@@ -6,7 +6,7 @@ import torch
 import hashed_reference as ref
 from batches import DEVICES, assert_kernel_matches_reference, make_batch
 from torchrec_ext import HashedEmbeddingBagConfig
-from torchrec_ext.ops import coord_uniform_, hashed_bag, hashed_bag_sgd_
+from torchrec_ext.ops import coord_uniform_, hashed_bag, hashed_bag_sgd_, hashed_bags, hashed_bags_sgd_
 
 CASES = [
     dict(mode="element", signed=False),
@@ -63,6 +63,63 @@ def test_fused_sgd_equals_reference_gradient_step(case, pooling, device):
     w_ref2 = w0.clone().requires_grad_()
     (ref.pooled(cfg, w_ref2, dup.cpu().numpy(), torch.tensor([0, 3, 4])) * go[:2]).sum().backward()
     torch.testing.assert_close(w2.cpu(), w0 - w_ref2.grad)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_one_batched_call_equals_the_reference_table_by_table(device):
+    """Tables of different modes, dims, poolings and shard offsets in one call (with an
+    empty table among them): outputs, gradients, psw gradients and the fused SGD step
+    each equal the reference of that table alone."""
+    cfgs = [HashedEmbeddingBagConfig(name="a", num_embeddings=997, embedding_dim=16, compression=0.05,
+                                     row_regions=4, seed=1, mode="block", chunk_size=4, signed=True),
+            HashedEmbeddingBagConfig(name="b", num_embeddings=300, embedding_dim=8, compression=0.1,
+                                     row_regions=2, seed=2, mode="element"),
+            HashedEmbeddingBagConfig(name="c", num_embeddings=50, embedding_dim=8, seed=3),
+            HashedEmbeddingBagConfig(name="d", num_embeddings=4000, embedding_dim=32, compression=0.02,
+                                     row_regions=4, seed=4)]
+    bags, poolings = [9, 14, 0, 7], [1, 0, 0, 1]
+    # table d is the second row shard of a 2-way row-wise plan: local ids, offset layout
+    layouts = [c.shard_layout() for c in cfgs[:3]] + [cfgs[3].shard_layout(row_offset=2 * cfgs[3].slots)]
+    local_rows = [c.num_embeddings for c in cfgs[:3]] + [2 * cfgs[3].rows_per_region]
+    ws = [torch.randn(c.buffer_rows, c.embedding_dim, dtype=torch.float64) for c in cfgs]
+    ws[3] = ws[3][2 * cfgs[3].slots:].contiguous()
+    empty = (torch.zeros(0, dtype=torch.long), torch.zeros(1, dtype=torch.long), torch.zeros(0))
+    batch = [make_batch(n, B, 5, seed=20 + t) if B else empty for t, (n, B) in enumerate(zip(local_rows, bags))]
+    ids = torch.cat([b[0] for b in batch])
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long)] +
+                        [b[1][1:] + sum(len(x[0]) for x in batch[:t]) for t, b in enumerate(batch)])
+    psw = torch.cat([b[2] for b in batch]).float().double()  # the kernels read weights as fp32
+    table_bags = [0, 9, 23, 23, 30]
+    gos = [torch.randn(B, c.embedding_dim, dtype=torch.float64) for B, c in zip(bags, cfgs)]
+
+    ref_w = [w.clone().requires_grad_() for w in ws]
+    ref_p = [b[2].float().double().requires_grad_() for b in batch]
+    ref_out = []
+    for t, (c, (i, o, _)) in enumerate(zip(cfgs, batch)):
+        gid = i.numpy() + (2 * cfgs[3].rows_per_region if t == 3 else 0)
+        kw = dict(row_offset=2 * cfgs[3].slots) if t == 3 else {}
+        ref_out.append(ref.pooled(c, ref_w[t], gid, o, ref_p[t], mean=poolings[t] == 1, **kw))
+    sum((r * g).sum() for r, g in zip(ref_out, gos)).backward()
+    for r in ref_w:  # the empty table's buffer gets no gradient from the reference
+        r.grad = torch.zeros_like(r) if r.grad is None else r.grad
+
+    dev = lambda x: x.to(device)  # noqa: E731
+    w_in = [dev(w).requires_grad_() for w in ws]
+    p_in = dev(psw).requires_grad_()
+    outs = hashed_bags(w_in, dev(ids), dev(offsets), p_in, table_bags, poolings, layouts)
+    for out, r in zip(outs, ref_out):
+        torch.testing.assert_close(out.cpu(), r.detach())
+    sum((o * dev(g)).sum() for o, g in zip(outs, gos)).backward()
+    for w, r in zip(w_in, ref_w):
+        torch.testing.assert_close(w.grad.cpu(), r.grad)
+    torch.testing.assert_close(p_in.grad.cpu(), torch.cat([p.grad for p in ref_p]))
+
+    stepped = [dev(w.clone()) for w in ws]
+    gpsw = hashed_bags_sgd_(stepped, [dev(g) for g in gos], dev(ids), dev(offsets), dev(psw), table_bags,
+                            poolings, layouts, 0.5, True)
+    for w, w0, r in zip(stepped, ws, ref_w):
+        torch.testing.assert_close(w.cpu(), w0 - 0.5 * r.grad)
+    torch.testing.assert_close(gpsw.cpu().double(), torch.cat([p.grad for p in ref_p]), rtol=1e-5, atol=1e-6)
 
 
 def test_ids_beyond_int32_range_use_64_bit_math():
@@ -126,14 +183,15 @@ def test_kernel_rejects_ids_outside_the_shard():
 
 
 def test_opcheck_schema_fake_and_autograd_registration():
-    cfg = HashedEmbeddingBagConfig(name="t", num_embeddings=200, embedding_dim=8, row_regions=2)
-    w = torch.randn(cfg.buffer_rows, 8, requires_grad=True)
-    ids, offsets, psw = make_batch(200, 6, 4, seed=1)
-    args = (w, ids, offsets, psw.float().requires_grad_(), 0, *cfg.shard_layout().args())
-    torch.library.opcheck(torch.ops.torchrec_ext.hashed_bag_forward.default, args)
-    go = torch.randn(6, 8)
-    torch.library.opcheck(torch.ops.torchrec_ext.hashed_bag_backward.default,
-                          (go, w.detach(), ids, offsets, psw.float(), 1, *cfg.shard_layout().args(), True))
-    torch.library.opcheck(torch.ops.torchrec_ext.hashed_bag_sgd_.default,
-                          (w.detach().clone(), go, ids, offsets, psw.float(), 1, *cfg.shard_layout().args(),
-                           0.1, True))
+    cfgs = [HashedEmbeddingBagConfig(name="a", num_embeddings=200, embedding_dim=8, row_regions=2),
+            HashedEmbeddingBagConfig(name="b", num_embeddings=50, embedding_dim=4, mode="element", seed=1)]
+    ws = [torch.randn(c.buffer_rows, c.embedding_dim, requires_grad=True) for c in cfgs]
+    ids, offsets, psw = make_batch(50, 6, 4, seed=1)
+    static = ([0, 2, 6], [0, 1], [v for c in cfgs for v in c.shard_layout().args()])
+    torch.library.opcheck(torch.ops.torchrec_ext.hashed_bags_forward.default,
+                          (ws, ids, offsets, psw.float().requires_grad_(), *static))
+    gos = [torch.randn(2, 8), torch.randn(4, 4)]
+    torch.library.opcheck(torch.ops.torchrec_ext.hashed_bags_backward.default,
+                          (gos, [w.detach() for w in ws], ids, offsets, psw.float(), *static, True))
+    torch.library.opcheck(torch.ops.torchrec_ext.hashed_bags_sgd_.default,
+                          ([w.detach().clone() for w in ws], gos, ids, offsets, psw.float(), *static, 0.1, True))

@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <vector>
 
 #include "hashed_layout.h"
 
@@ -22,43 +23,81 @@ inline void check_offsets_data(const at::Tensor& off, int64_t nnz, const char* o
   }
 }
 
-inline void check_hashed_meta(const at::Tensor& weight, const at::Tensor& indices,
-                              const at::Tensor& offsets,
-                              const std::optional<at::Tensor>& psw, const HashedLayout& L) {
-  TORCH_CHECK(weight.dim() == 2, "hashed bag: weight must be 2-D");
-  TORCH_CHECK(at::isFloatingType(weight.scalar_type()), "hashed bag: weight must be floating point");
+// Shape and type checks of a batched hashed call (no data reads: CPU and CUDA).
+// Table t owns bags [table_bags[t], table_bags[t + 1]) of the shared offsets.
+inline std::vector<HashedLayout> hashed_batch_layouts(
+    const at::TensorList weights, const at::Tensor& indices, const at::Tensor& offsets,
+    const std::optional<at::Tensor>& psw, at::IntArrayRef table_bags,
+    at::IntArrayRef poolings, at::IntArrayRef layouts) {
+  const int64_t T = static_cast<int64_t>(weights.size());
   TORCH_CHECK(indices.dim() == 1 && indices.scalar_type() == at::kLong,
               "hashed bag: indices must be a 1-D int64 tensor");
   TORCH_CHECK(offsets.dim() == 1 && offsets.scalar_type() == at::kLong && offsets.numel() >= 1,
               "hashed bag: offsets must be a non-empty 1-D int64 tensor");
-  TORCH_CHECK(L.mode == 0 || L.mode == 1, "hashed bag: mode must be 0 (element) or 1 (block)");
-  TORCH_CHECK(L.slots > 0 && L.rows_per_region > 0 && L.chunk > 0, "hashed bag: bad layout");
-  TORCH_CHECK(weight.size(0) % L.slots == 0, "hashed bag: weight rows (", weight.size(0),
-              ") must be a multiple of slots (", L.slots, ")");
-  TORCH_CHECK(weight.size(1) % L.chunk == 0, "hashed bag: weight columns (", weight.size(1),
-              ") must be a multiple of chunk (", L.chunk, ")");
-  TORCH_CHECK(L.id_offset % L.rows_per_region == 0 && L.col_offset % L.chunk == 0,
-              "hashed bag: shard offsets must fall on region boundaries");
+  TORCH_CHECK(static_cast<int64_t>(table_bags.size()) == T + 1 &&
+                  static_cast<int64_t>(poolings.size()) == T &&
+                  static_cast<int64_t>(layouts.size()) == T * HashedLayout::kFields,
+              "hashed bag: table_bags, poolings and layouts must describe ", T, " tables");
+  TORCH_CHECK(table_bags[0] >= 0 && table_bags[T] <= offsets.numel() - 1,
+              "hashed bag: table_bags must lie within the bags of offsets");
   if (psw) {
     TORCH_CHECK(psw->dim() == 1 && psw->numel() == indices.numel(),
                 "hashed bag: per_sample_weights must match indices");
   }
+  std::vector<HashedLayout> out;
+  for (int64_t t = 0; t < T; ++t) {
+    const at::Tensor& w = weights[t];
+    const HashedLayout L = HashedLayout::from_ints(layouts.data() + t * HashedLayout::kFields);
+    TORCH_CHECK(table_bags[t] <= table_bags[t + 1], "hashed bag: table_bags must not decrease");
+    TORCH_CHECK(w.dim() == 2, "hashed bag: weight must be 2-D");
+    TORCH_CHECK(at::isFloatingType(w.scalar_type()), "hashed bag: weight must be floating point");
+    TORCH_CHECK(w.scalar_type() == weights[0].scalar_type() && w.device() == indices.device(),
+                "hashed bag: the tables of one call share a dtype and the indices' device");
+    TORCH_CHECK(L.mode == 0 || L.mode == 1, "hashed bag: mode must be 0 (element) or 1 (block)");
+    TORCH_CHECK(L.slots > 0 && L.rows_per_region > 0 && L.chunk > 0, "hashed bag: bad layout");
+    TORCH_CHECK(w.size(0) % L.slots == 0, "hashed bag: weight rows (", w.size(0),
+                ") must be a multiple of slots (", L.slots, ")");
+    TORCH_CHECK(w.size(1) % L.chunk == 0, "hashed bag: weight columns (", w.size(1),
+                ") must be a multiple of chunk (", L.chunk, ")");
+    TORCH_CHECK(L.id_offset % L.rows_per_region == 0 && L.col_offset % L.chunk == 0,
+                "hashed bag: shard offsets must fall on region boundaries");
+    out.push_back(L);
+  }
+  return out;
 }
 
-// Full check including the data; reads the tensors, so CPU only.
-inline void check_hashed_inputs(const at::Tensor& weight, const at::Tensor& indices,
-                                const at::Tensor& offsets,
-                                const std::optional<at::Tensor>& psw, const HashedLayout& L) {
-  check_hashed_meta(weight, indices, offsets, psw, L);
-  check_offsets_data(offsets.contiguous(), indices.numel(), "hashed bag");
-  if (indices.numel() > 0) {
-    auto mm = at::aminmax(indices);
-    const int64_t lo = std::get<0>(mm).item<int64_t>();
-    const int64_t hi = std::get<1>(mm).item<int64_t>();
-    const int64_t local_rows = (weight.size(0) / L.slots) * L.rows_per_region;
-    TORCH_CHECK(lo >= 0 && hi < local_rows, "hashed bag: ids must lie in [0, ", local_rows,
-                "), got [", lo, ", ", hi, "]");
+// Ids of one table: reads the data, so CPU only (CUDA kernels skip bad ids instead).
+inline void check_hashed_ids(const at::Tensor& ids, const at::Tensor& weight, const HashedLayout& L) {
+  if (ids.numel() == 0) return;
+  auto mm = at::aminmax(ids);
+  const int64_t lo = std::get<0>(mm).item<int64_t>();
+  const int64_t hi = std::get<1>(mm).item<int64_t>();
+  const int64_t local_rows = (weight.size(0) / L.slots) * L.rows_per_region;
+  TORCH_CHECK(lo >= 0 && hi < local_rows, "hashed bag: ids must lie in [0, ", local_rows,
+              "), got [", lo, ", ", hi, "]");
+}
+
+// Per-table output gradients, checked against the tables' bags and made contiguous.
+inline std::vector<at::Tensor> hashed_batch_grads(const at::TensorList grads,
+                                                  const at::TensorList weights,
+                                                  at::IntArrayRef table_bags, const char* op) {
+  TORCH_CHECK(grads.size() == weights.size(), op, ": one grad_output per table");
+  std::vector<at::Tensor> out;
+  for (size_t t = 0; t < weights.size(); ++t) {
+    const int64_t B = table_bags[t + 1] - table_bags[t], D = weights[t].size(1);
+    TORCH_CHECK(grads[t].dim() == 2 && grads[t].size(0) == B && grads[t].size(1) == D, op,
+                ": grad_output of table ", t, " must be [", B, ", ", D, "]");
+    out.push_back(grads[t].contiguous().to(weights[t].scalar_type()));
   }
+  return out;
+}
+
+// The weights a fused update writes in place: they must be contiguous already.
+inline std::vector<at::Tensor> hashed_batch_in_place(const at::TensorList weights, const char* op) {
+  for (const auto& w : weights) {
+    TORCH_CHECK(w.is_contiguous(), op, ": weights must be contiguous (updated in place)");
+  }
+  return std::vector<at::Tensor>(weights.begin(), weights.end());
 }
 
 }  // namespace torchrec_ext

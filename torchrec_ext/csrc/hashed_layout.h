@@ -21,6 +21,12 @@ struct HashedLayout {
   int64_t seed;
   bool is_signed;
 
+  // A batched op passes each table's layout as kFields ints, in this order.
+  static constexpr int64_t kFields = 8;
+  static HashedLayout from_ints(const int64_t* v) {
+    return HashedLayout{v[0], v[0] == 0 ? 1 : v[1], v[2], v[3], v[4], v[5], v[6], v[7] != 0};
+  }
+
   TRX_HD int64_t first_region() const { return id_offset / rows_per_region; }
 
   // Local region of a shard-local id (TorchRec hands shards ids minus their row offset).

@@ -4,27 +4,27 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(torchrec_ext, m) {
-  // Hashed tables. `pooling`: 0 = SUM, 1 = MEAN. `mode`: 0 = element, 1 = block.
-  // Indices are shard-local ids (global id = index + id_offset).
+  // Hashed tables, batched: one call pools the bags of many tables. Table t owns bags
+  // [table_bags[t], table_bags[t + 1]) of offsets, pools them with poolings[t]
+  // (0 = SUM, 1 = MEAN) and has layout layouts[8t .. 8t + 8) = (mode: 0 element,
+  // 1 block; chunk; rows_per_region; slots; id_offset; col_offset; seed; signed).
+  // Indices are shard-local ids (global id = index + id_offset). Returns one
+  // [bags of t, dim of t] output per table.
   m.def(
-      "hashed_bag_forward(Tensor weight, Tensor indices, Tensor offsets, "
-      "Tensor? per_sample_weights, int pooling, int mode, int chunk, "
-      "int rows_per_region, int slots, int id_offset, int col_offset, int seed, "
-      "bool signed) -> Tensor");
-  // Returns (grad_weight dense like weight, grad_per_sample_weights or empty).
+      "hashed_bags_forward(Tensor[] weights, Tensor indices, Tensor offsets, "
+      "Tensor? per_sample_weights, int[] table_bags, int[] poolings, int[] layouts) "
+      "-> Tensor[]");
+  // Returns (grad_weight per table, dense like its weight; grad_per_sample_weights or empty).
   m.def(
-      "hashed_bag_backward(Tensor grad_output, Tensor weight, Tensor indices, "
-      "Tensor offsets, Tensor? per_sample_weights, int pooling, int mode, int chunk, "
-      "int rows_per_region, int slots, int id_offset, int col_offset, int seed, "
-      "bool signed, bool psw_grad) -> (Tensor, Tensor)");
+      "hashed_bags_backward(Tensor[] grad_outputs, Tensor[] weights, Tensor indices, "
+      "Tensor offsets, Tensor? per_sample_weights, int[] table_bags, int[] poolings, "
+      "int[] layouts, bool psw_grad) -> (Tensor[], Tensor)");
   // The backward pass fused with SGD: weight -= lr * grad_weight, in place, without
   // a dense gradient. Returns grad_per_sample_weights (taken before the update) or empty.
-  // (`hash_mode`, not `mode`: functionalization of a mutating op owns that name.)
   m.def(
-      "hashed_bag_sgd_(Tensor(a!) weight, Tensor grad_output, Tensor indices, "
-      "Tensor offsets, Tensor? per_sample_weights, int pooling, int hash_mode, int chunk, "
-      "int rows_per_region, int slots, int id_offset, int col_offset, int seed, "
-      "bool signed, float lr, bool psw_grad) -> Tensor");
+      "hashed_bags_sgd_(Tensor(a!)[] weights, Tensor[] grad_outputs, Tensor indices, "
+      "Tensor offsets, Tensor? per_sample_weights, int[] table_bags, int[] poolings, "
+      "int[] layouts, float lr, bool psw_grad) -> Tensor");
   // Fills `weight` with U(low, high) drawn from the global coordinates
   // (row + row_offset, col + col_offset): identical values under every plan.
   m.def(

@@ -6,6 +6,8 @@ from torchrec_ext.ops.hashed import (  # noqa: F401
     hashed_bag,
     hashed_bag_backward,
     hashed_bag_sgd_,
+    hashed_bags,
+    hashed_bags_sgd_,
 )
 from torchrec_ext.ops.qr import QRShardLayout, qr_bag, qr_bag_backward  # noqa: F401
 from torchrec_ext.ops.dynamic import dynamic_bag, key_hash  # noqa: F401

@@ -1,9 +1,13 @@
-"""Python layer of the hashed-table ops: fake kernels, autograd, and a typed call."""
+"""Python layer of the hashed-table ops: fake kernels, autograd, and typed calls.
+
+The native ops are batched: one call pools the bags of many tables (see csrc/ops.cpp).
+`hashed_bag*` are the one-table form of the same ops.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional, Sequence
 
 import torch
 
@@ -26,28 +30,33 @@ class HashedShardLayout:
     seed: int = 0
     signed: bool = False
 
-    def args(self) -> tuple:
-        return (self.mode, self.chunk, self.rows_per_region, self.slots, self.id_offset,
-                self.col_offset, self.seed, self.signed)
+    def args(self) -> List[int]:
+        """The layout's fields in the order the native ops read them."""
+        return [self.mode, self.chunk, self.rows_per_region, self.slots, self.id_offset,
+                self.col_offset, self.seed, int(self.signed)]
 
 
-@torch.library.register_fake("torchrec_ext::hashed_bag_forward")
-def _forward_fake(weight, indices, offsets, per_sample_weights, pooling, *layout):
-    return weight.new_empty((offsets.shape[0] - 1, weight.shape[1]))
+def _bag_counts(table_bags):
+    return [table_bags[t + 1] - table_bags[t] for t in range(len(table_bags) - 1)]
 
 
-@torch.library.register_fake("torchrec_ext::hashed_bag_backward")
-def _backward_fake(grad_output, weight, indices, offsets, per_sample_weights, pooling, *rest):
-    psw_grad = rest[-1]
+@torch.library.register_fake("torchrec_ext::hashed_bags_forward")
+def _forward_fake(weights, indices, offsets, per_sample_weights, table_bags, poolings, layouts):
+    return [w.new_empty((n, w.shape[1])) for w, n in zip(weights, _bag_counts(table_bags))]
+
+
+@torch.library.register_fake("torchrec_ext::hashed_bags_backward")
+def _backward_fake(grad_outputs, weights, indices, offsets, per_sample_weights, table_bags, poolings,
+                   layouts, psw_grad):
     n = indices.shape[0] if psw_grad else 0
-    return torch.empty_like(weight), weight.new_empty((n,), dtype=torch.float32)
+    return [torch.empty_like(w) for w in weights], indices.new_empty((n,), dtype=torch.float32)
 
 
-@torch.library.register_fake("torchrec_ext::hashed_bag_sgd_")
-def _sgd_fake(weight, grad_output, indices, offsets, per_sample_weights, pooling, *rest):
-    psw_grad = rest[-1]
+@torch.library.register_fake("torchrec_ext::hashed_bags_sgd_")
+def _sgd_fake(weights, grad_outputs, indices, offsets, per_sample_weights, table_bags, poolings,
+              layouts, lr, psw_grad):
     n = indices.shape[0] if psw_grad else 0
-    return weight.new_empty((n,), dtype=torch.float32)
+    return indices.new_empty((n,), dtype=torch.float32)
 
 
 @torch.library.register_fake("torchrec_ext::coord_uniform_")
@@ -56,49 +65,69 @@ def _coord_uniform_fake(weight, row_offset, col_offset, seed, low, high):
 
 
 def _setup_context(ctx, inputs, output):
-    weight, indices, offsets, psw, pooling, *layout = inputs
-    ctx.save_for_backward(weight, indices, offsets, psw)
-    ctx.pooling = pooling
-    ctx.layout = tuple(layout)
+    weights, indices, offsets, psw, table_bags, poolings, layouts = inputs
+    ctx.save_for_backward(indices, offsets, psw, *weights)
+    ctx.static = (table_bags, poolings, layouts)
 
 
-def _backward(ctx, grad_output):
-    weight, indices, offsets, psw = ctx.saved_tensors
-    need_w, need_psw = ctx.needs_input_grad[0], psw is not None and ctx.needs_input_grad[3]
-    gw, gpsw = _ops.hashed_bag_backward(
-        grad_output, weight, indices, offsets, psw, ctx.pooling, *ctx.layout, need_psw
+def _backward(ctx, grad_outputs):
+    indices, offsets, psw, *weights = ctx.saved_tensors
+    need_psw = psw is not None and ctx.needs_input_grad[3]
+    gw, gpsw = _ops.hashed_bags_backward(
+        [g.contiguous() for g in grad_outputs], weights, indices, offsets, psw, *ctx.static, need_psw
     )
-    return (gw if need_w else None, None, None, gpsw.to(psw.dtype) if need_psw else None,
-            None, *([None] * len(ctx.layout)))
+    return (list(gw), None, None, gpsw.to(psw.dtype) if need_psw else None, None, None, None)
 
 
-torch.library.register_autograd(
-    "torchrec_ext::hashed_bag_forward", _backward, setup_context=_setup_context
-)
+torch.library.register_autograd("torchrec_ext::hashed_bags_forward", _backward, setup_context=_setup_context)
+
+
+def hashed_bags(weights: Sequence[torch.Tensor], indices: torch.Tensor, offsets: torch.Tensor,
+                per_sample_weights: Optional[torch.Tensor], table_bags: Sequence[int],
+                poolings: Sequence[int], layouts: Sequence[HashedShardLayout]) -> List[torch.Tensor]:
+    """Pooled lookups of many hashed shards in one call; table t pools bags
+    table_bags[t] .. table_bags[t + 1] of `offsets`. Differentiable in weights and psw."""
+    return _ops.hashed_bags_forward(list(weights), indices, offsets, per_sample_weights, list(table_bags),
+                                    list(poolings), [v for lay in layouts for v in lay.args()])
+
+
+def hashed_bags_sgd_(weights: Sequence[torch.Tensor], grad_outputs: Sequence[torch.Tensor],
+                     indices: torch.Tensor, offsets: torch.Tensor,
+                     per_sample_weights: Optional[torch.Tensor], table_bags: Sequence[int],
+                     poolings: Sequence[int], layouts: Sequence[HashedShardLayout], lr: float,
+                     psw_grad: bool) -> torch.Tensor:
+    """Backward fused with SGD: `weight -= lr * grad_weight` in place for every table, with
+    no dense gradient. Returns the psw gradient (from the weights before the update) or empty."""
+    return _ops.hashed_bags_sgd_(list(weights), list(grad_outputs), indices, offsets, per_sample_weights,
+                                 list(table_bags), list(poolings), [v for lay in layouts for v in lay.args()],
+                                 lr, psw_grad)
+
+
+def _one(offsets: torch.Tensor) -> List[int]:
+    return [0, offsets.shape[0] - 1]
 
 
 def hashed_bag(weight: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor,
                per_sample_weights: Optional[torch.Tensor], pooling: int,
                layout: HashedShardLayout) -> torch.Tensor:
-    """Pooled lookup of a hashed table shard; differentiable in weight and weights."""
-    return _ops.hashed_bag_forward(weight, indices, offsets, per_sample_weights, pooling,
-                                   *layout.args())
+    """Pooled lookup of one hashed table shard; differentiable in weight and weights."""
+    return hashed_bags([weight], indices, offsets, per_sample_weights, _one(offsets), [pooling], [layout])[0]
 
 
 def hashed_bag_backward(grad_output: torch.Tensor, weight: torch.Tensor, indices: torch.Tensor,
                         offsets: torch.Tensor, per_sample_weights: Optional[torch.Tensor],
                         pooling: int, layout: HashedShardLayout, psw_grad: bool):
-    return _ops.hashed_bag_backward(grad_output, weight, indices, offsets, per_sample_weights,
-                                    pooling, *layout.args(), psw_grad)
+    gw, gpsw = _ops.hashed_bags_backward([grad_output], [weight], indices, offsets, per_sample_weights,
+                                         _one(offsets), [pooling], layout.args(), psw_grad)
+    return gw[0], gpsw
 
 
 def hashed_bag_sgd_(weight: torch.Tensor, grad_output: torch.Tensor, indices: torch.Tensor,
                     offsets: torch.Tensor, per_sample_weights: Optional[torch.Tensor], pooling: int,
                     layout: HashedShardLayout, lr: float, psw_grad: bool) -> torch.Tensor:
-    """Backward fused with SGD: `weight -= lr * grad_weight` in place, no dense gradient.
-    Returns the per-sample-weight gradient (from the weights before the update) or empty."""
-    return _ops.hashed_bag_sgd_(weight, grad_output, indices, offsets, per_sample_weights, pooling,
-                                *layout.args(), lr, psw_grad)
+    """One-table `hashed_bags_sgd_`."""
+    return hashed_bags_sgd_([weight], [grad_output], indices, offsets, per_sample_weights, _one(offsets),
+                            [pooling], [layout], lr, psw_grad)
 
 
 def coord_uniform_(weight: torch.Tensor, row_offset: int, col_offset: int, seed: int,

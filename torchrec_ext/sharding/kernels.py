@@ -23,6 +23,7 @@ from torchrec_ext.modules.collection_base import bags_to_batch_major
 from torchrec_ext.modules.table_kind import StatePiece
 from torchrec_ext.modules.row_optim import SGD
 from torchrec_ext.sharding.fused_optim import ExtFusedOptimizer
+from torchrec_ext.sharding.hashed_batch import HashedBatch, batchable, table_batching_enabled
 
 # Key under which a table's torchrec_ext config rides in its per-table fused_params.
 TABLE_KEY = "_torchrec_ext_table"
@@ -129,6 +130,20 @@ class LocalShard(nn.Module):
         return self.pool(list(self.weights), values, offsets, per_sample_weights)
 
 
+def _leading_slice(features: KeyedJaggedTensor, num_bags: int, weights_on: bool):
+    """Values, offsets and weights of the first num_bags bags of a KJT."""
+    offsets = features.offsets().long()
+    if offsets.numel() - 1 != num_bags:
+        offsets = offsets[: num_bags + 1]
+    end = int(offsets[-1])
+    values = features.values().long()
+    w = features.weights_or_none() if weights_on else None
+    if values.numel() != end:
+        values = values[:end]
+        w = w[:end] if w is not None else None
+    return values, offsets, (w.float() if w is not None else None)
+
+
 def _local_shard(table: ShardedEmbeddingTable, pooling: int, device: torch.device,
                  sharding_type: Optional[ShardingType]) -> nn.Module:
     config = ext_table_config(table)
@@ -164,6 +179,12 @@ class ExtPooledEmbeddingKernel(nn.Module):
             for t in config.embedding_tables
         )
         self._feature_splits = [s.num_features for s in self.shards]
+        # Hashed shards pool in one batched call when they are the kernel's leading shards
+        # (their features' values are then one slice of the kernel's KJT).
+        lead = 0
+        while lead < len(self.shards) and batchable(self.shards[lead]):
+            lead += 1
+        self._hashed = HashedBatch(self.shards[:lead]) if lead > 1 and table_batching_enabled() else None
 
     @property
     def config(self) -> GroupedEmbeddingConfig:
@@ -173,7 +194,15 @@ class ExtPooledEmbeddingKernel(nn.Module):
         batch = features.stride()
         weights_on = self._config.is_weighted
         outs: List[torch.Tensor] = []
-        for shard, kjt in zip(self.shards, features.split(self._feature_splits)):
+        kjts = features.split(self._feature_splits)
+        shards = self.shards
+        if self._hashed is not None:
+            n = len(self._hashed.shards)
+            values, offsets, w = _leading_slice(features, sum(self._feature_splits[:n]) * batch, weights_on)
+            pooled = self._hashed.forward(values, offsets, w, batch, self._fused)
+            outs = [bags_to_batch_major(p, s.num_features, batch) for p, s in zip(pooled, shards[:n])]
+            shards, kjts = shards[n:], kjts[n:]
+        for shard, kjt in zip(shards, kjts):
             w = kjt.weights_or_none() if weights_on else None
             out = shard(kjt.values().long(), kjt.offsets().long(), w.float() if w is not None else None, self._fused)
             outs.append(bags_to_batch_major(out, shard.num_features, batch))

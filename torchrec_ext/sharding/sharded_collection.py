@@ -35,11 +35,19 @@ from torchrec_ext.sharding.shardings import SHARDING_CLASSES
 class ExtTableRef:
     """Carries a table's torchrec_ext config through TorchRec's per-table fused_params.
 
-    Hashable and compared by name so TorchRec can group tables by fused_params.
+    TorchRec groups a rank's tables into lookup kernels by their fused_params, so the ref
+    compares by `group`: the table's name (a kernel of its own), or, for kinds whose
+    kernels batch many tables in one call (hashed), the kind, so they share a kernel.
     """
 
-    name: str
+    group: str
     config: Any = field(compare=False, hash=False)
+
+    @classmethod
+    def of(cls, cfg: Any) -> "ExtTableRef":
+        from torchrec_ext.modules.hashed_embedding_bag import HashedEmbeddingBagConfig
+
+        return cls("<hashed tables>" if isinstance(cfg, HashedEmbeddingBagConfig) else cfg.name, cfg)
 
 
 def planner_view(module: nn.Module, table: str, cfg: Any) -> torch.Tensor:
@@ -105,7 +113,7 @@ class ShardedExtEmbeddingBagCollection(ShardedEmbeddingBagCollection):
                 else:
                     # TorchRec sizes the local shard from num_embeddings, i.e. the view.
                     info.embedding_config.num_embeddings = cfg.parameter_shape()[0]
-                info.fused_params = {**info.fused_params, TABLE_KEY: ExtTableRef(cfg.name, cfg)}
+                info.fused_params = {**info.fused_params, TABLE_KEY: ExtTableRef.of(cfg)}
         return infos
 
     @classmethod

@@ -1,12 +1,13 @@
-// CUDA kernels of the hashed-table ops (same schema as cpu/hashed_bag.cpp).
-// One warp per bag; the backward pass scatters with atomicAdd into the gradient, or
-// (hashed_bag_sgd_) straight into the buffer, scaled by -lr.
-// Ids outside the shard are skipped (the Python layer rejects them first, with
+// CUDA kernels of the hashed-table ops (same schema as cpu/hashed_bag.cpp). A batched
+// call is one launch over the bags of all its tables: one warp per bag, which finds its
+// table in a small array of table descriptors. The backward pass scatters with
+// atomicAdd into the gradient or (hashed_bags_sgd_) straight into the buffer, scaled
+// by -lr. Ids outside the shard are skipped (the Python layer rejects them first, with
 // the table's name), so a bad call never touches memory outside the buffer.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include "../check_inputs.h"
@@ -16,6 +17,18 @@ namespace {
 
 constexpr int kWarp = 32;
 constexpr int kWarpsPerBlock = 4;
+
+// One table of a batched call, as the kernels see it.
+template <typename scalar_t>
+struct TableDesc {
+  HashedLayout L;
+  int64_t D, bag0, regions;
+  bool mean;
+  const scalar_t* w;  // the buffer
+  scalar_t* out;      // forward: output rows; backward: unused
+  const scalar_t* go; // backward: output-gradient rows
+  scalar_t* dst;      // backward: where alpha * gradient lands
+};
 
 // Buffer position and sign of element j (shard-local column) of shard-local id.
 struct Located {
@@ -41,72 +54,108 @@ __device__ __forceinline__ bool valid_id(const HashedLayout& L, int64_t id, int6
   return id >= 0 && id / L.rows_per_region < regions;
 }
 
+// The table of global bag b (descriptors sorted by bag0; b >= desc[0].bag0).
 template <typename scalar_t>
-__global__ void forward_kernel(const scalar_t* __restrict__ w, int64_t D,
-                               const int64_t* __restrict__ idx, const int64_t* __restrict__ off,
-                               const float* __restrict__ psw, int64_t num_bags, bool mean,
-                               HashedLayout L, int64_t regions, scalar_t* __restrict__ out) {
-  const int64_t b = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.y;
-  if (b >= num_bags) return;
+__device__ __forceinline__ int table_of(const TableDesc<scalar_t>* desc, int T, int64_t b) {
+  int lo = 0, hi = T - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (desc[mid].bag0 <= b) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+// The bag this warp pools in a launch over bags [first_bag, first_bag + num_bags),
+// with its table, ids [s, e) and pooling factor; ok is false past the last bag.
+template <typename scalar_t>
+struct WarpBag {
+  bool ok;
+  int64_t b, s, e;
+  const TableDesc<scalar_t>* d;
+  float scale;
+};
+
+template <typename scalar_t>
+__device__ __forceinline__ WarpBag<scalar_t> warp_bag(const TableDesc<scalar_t>* desc, int T,
+                                                      int64_t first_bag, int64_t num_bags,
+                                                      const int64_t* off) {
+  const int64_t b = first_bag + static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.y;
+  if (b >= first_bag + num_bags) return {false, b, 0, 0, nullptr, 0.f};
+  const TableDesc<scalar_t>* d = &desc[table_of(desc, T, b)];
   const int64_t s = off[b], e = off[b + 1];
-  const float scale = (mean && e > s) ? 1.0f / static_cast<float>(e - s) : 1.0f;
+  return {true, b, s, e, d, (d->mean && e > s) ? 1.0f / static_cast<float>(e - s) : 1.0f};
+}
+
+template <typename scalar_t>
+__global__ void forward_kernel(const TableDesc<scalar_t>* __restrict__ desc, int T,
+                               int64_t first_bag, int64_t num_bags,
+                               const int64_t* __restrict__ idx, const int64_t* __restrict__ off,
+                               const float* __restrict__ psw) {
+  const WarpBag<scalar_t> wb = warp_bag(desc, T, first_bag, num_bags, off);
+  if (!wb.ok) return;
+  const TableDesc<scalar_t>& d = *wb.d;
+  const HashedLayout& L = d.L;
+  const int64_t b = wb.b, s = wb.s, e = wb.e, D = d.D;
+  const float scale = wb.scale;
   for (int64_t j0 = 0; j0 < D; j0 += kWarp) {
     const int64_t j = j0 + threadIdx.x;
     float acc = 0.f;
     for (int64_t i = s; i < e; ++i) {
       const int64_t id = idx[i];
-      if (!valid_id(L, id, regions)) continue;
-      if (j < D) {
-        const Located p = locate(L, id_hash(id + L.id_offset, L.seed),
-                                 L.local_region(id) * L.slots, D, j);
-        acc += (psw ? psw[i] : 1.f) * p.sign * static_cast<float>(w[p.pos]);
-      }
+      if (!valid_id(L, id, d.regions) || j >= D) continue;
+      const Located p = locate(L, id_hash(id + L.id_offset, L.seed), L.local_region(id) * L.slots, D, j);
+      acc += (psw ? psw[i] : 1.f) * p.sign * static_cast<float>(d.w[p.pos]);
     }
-    if (j < D) out[b * D + j] = static_cast<scalar_t>(acc * scale);
+    if (j < D) d.out[(b - d.bag0) * D + j] = static_cast<scalar_t>(acc * scale);
   }
 }
 
 template <typename scalar_t>
-__global__ void backward_kernel(const scalar_t* __restrict__ go, int64_t D,
+__global__ void backward_kernel(const TableDesc<scalar_t>* __restrict__ desc, int T,
+                                int64_t first_bag, int64_t num_bags,
                                 const int64_t* __restrict__ idx, const int64_t* __restrict__ off,
-                                const float* __restrict__ psw, int64_t num_bags, bool mean,
-                                HashedLayout L, int64_t regions, float alpha,
-                                scalar_t* __restrict__ gw) {
-  const int64_t b = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.y;
-  if (b >= num_bags) return;
-  const int64_t s = off[b], e = off[b + 1];
-  const float scale = alpha * ((mean && e > s) ? 1.0f / static_cast<float>(e - s) : 1.0f);
+                                const float* __restrict__ psw, float alpha) {
+  const WarpBag<scalar_t> wb = warp_bag(desc, T, first_bag, num_bags, off);
+  if (!wb.ok) return;
+  const TableDesc<scalar_t>& d = *wb.d;
+  const HashedLayout& L = d.L;
+  const int64_t b = wb.b, s = wb.s, e = wb.e, D = d.D;
+  const float scale = alpha * wb.scale;
+  const scalar_t* g = d.go + (b - d.bag0) * D;
   for (int64_t i = s; i < e; ++i) {
     const int64_t id = idx[i];
-    if (!valid_id(L, id, regions)) continue;
+    if (!valid_id(L, id, d.regions)) continue;
     const uint64_t h0 = id_hash(id + L.id_offset, L.seed);
     const int64_t base = L.local_region(id) * L.slots;
     const float pw = scale * (psw ? psw[i] : 1.f);
     for (int64_t j = threadIdx.x; j < D; j += kWarp) {
       const Located p = locate(L, h0, base, D, j);
-      atomicAdd(&gw[p.pos], static_cast<scalar_t>(pw * p.sign * static_cast<float>(go[b * D + j])));
+      atomicAdd(&d.dst[p.pos], static_cast<scalar_t>(pw * p.sign * static_cast<float>(g[j])));
     }
   }
 }
 
 template <typename scalar_t>
-__global__ void psw_grad_kernel(const scalar_t* __restrict__ go, const scalar_t* __restrict__ w,
-                                int64_t D, const int64_t* __restrict__ idx,
-                                const int64_t* __restrict__ off, int64_t num_bags, bool mean,
-                                HashedLayout L, int64_t regions, float* __restrict__ gpsw) {
-  const int64_t b = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.y;
-  if (b >= num_bags) return;
-  const int64_t s = off[b], e = off[b + 1];
-  const float scale = (mean && e > s) ? 1.0f / static_cast<float>(e - s) : 1.0f;
+__global__ void psw_grad_kernel(const TableDesc<scalar_t>* __restrict__ desc, int T,
+                                int64_t first_bag, int64_t num_bags,
+                                const int64_t* __restrict__ idx, const int64_t* __restrict__ off,
+                                float* __restrict__ gpsw) {
+  const WarpBag<scalar_t> wb = warp_bag(desc, T, first_bag, num_bags, off);
+  if (!wb.ok) return;
+  const TableDesc<scalar_t>& d = *wb.d;
+  const HashedLayout& L = d.L;
+  const int64_t b = wb.b, s = wb.s, e = wb.e, D = d.D;
+  const float scale = wb.scale;
+  const scalar_t* g = d.go + (b - d.bag0) * D;
   for (int64_t i = s; i < e; ++i) {
     const int64_t id = idx[i];
     float dot = 0.f;
-    if (valid_id(L, id, regions)) {
+    if (valid_id(L, id, d.regions)) {
       const uint64_t h0 = id_hash(id + L.id_offset, L.seed);
       const int64_t base = L.local_region(id) * L.slots;
       for (int64_t j = threadIdx.x; j < D; j += kWarp) {
         const Located p = locate(L, h0, base, D, j);
-        dot += p.sign * static_cast<float>(w[p.pos]) * static_cast<float>(go[b * D + j]);
+        dot += p.sign * static_cast<float>(d.w[p.pos]) * static_cast<float>(g[j]);
       }
     }
     for (int o = kWarp / 2; o > 0; o /= 2) dot += __shfl_down_sync(0xffffffffu, dot, o);
@@ -122,108 +171,129 @@ __global__ void coord_uniform_kernel(float* w, int64_t R, int64_t D, int64_t row
                                                                k % D + col_offset, seed));
 }
 
-HashedLayout make_layout(int64_t mode, int64_t chunk, int64_t rows_per_region, int64_t slots,
-                         int64_t id_offset, int64_t col_offset, int64_t seed, bool is_signed) {
-  return HashedLayout{mode, mode == 0 ? 1 : chunk, rows_per_region, slots,
-                      id_offset, col_offset, seed, is_signed};
-}
-
 dim3 bag_grid(int64_t num_bags) {
   return dim3(static_cast<unsigned>((num_bags + kWarpsPerBlock - 1) / kWarpsPerBlock));
 }
 
-at::Tensor hashed_bag_forward_cuda(const at::Tensor& weight, const at::Tensor& indices,
-                                   const at::Tensor& offsets,
-                                   const std::optional<at::Tensor>& per_sample_weights,
-                                   int64_t pooling, int64_t mode, int64_t chunk,
-                                   int64_t rows_per_region, int64_t slots, int64_t id_offset,
-                                   int64_t col_offset, int64_t seed, bool is_signed) {
-  const HashedLayout L = make_layout(mode, chunk, rows_per_region, slots, id_offset,
-                                     col_offset, seed, is_signed);
-  check_hashed_meta(weight, indices, offsets, per_sample_weights, L);
-  c10::cuda::CUDAGuard guard(weight.device());
-  auto w = weight.contiguous();
+// Everything a launch needs: the tables' descriptors on the device, and the inputs.
+template <typename scalar_t>
+struct Launch {
+  at::Tensor desc_bytes;  // keeps the device copy alive until the call returns
+  const TableDesc<scalar_t>* desc;
+  int T;
+  int64_t first_bag, num_bags;
+};
+
+template <typename scalar_t>
+Launch<scalar_t> describe(const std::vector<HashedLayout>& layouts, const at::TensorList weights,
+                          at::IntArrayRef table_bags, at::IntArrayRef poolings,
+                          const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& gos,
+                          const std::vector<at::Tensor>& dsts, const at::Device& device) {
+  const int T = static_cast<int>(weights.size());
+  auto host = at::empty({static_cast<int64_t>(T * sizeof(TableDesc<scalar_t>))}, at::kByte);
+  auto* d = reinterpret_cast<TableDesc<scalar_t>*>(host.data_ptr<uint8_t>());
+  for (int t = 0; t < T; ++t) {
+    d[t] = TableDesc<scalar_t>{layouts[t], weights[t].size(1), table_bags[t],
+                               weights[t].size(0) / layouts[t].slots, poolings[t] == 1,
+                               weights[t].data_ptr<scalar_t>(),
+                               outs.empty() ? nullptr : outs[t].data_ptr<scalar_t>(),
+                               gos.empty() ? nullptr : gos[t].data_ptr<scalar_t>(),
+                               dsts.empty() ? nullptr : dsts[t].data_ptr<scalar_t>()};
+  }
+  auto dev = host.to(device, /*non_blocking=*/false);
+  return {dev, reinterpret_cast<const TableDesc<scalar_t>*>(dev.data_ptr<uint8_t>()), T,
+          table_bags[0], table_bags[T] - table_bags[0]};
+}
+
+std::vector<at::Tensor> hashed_bags_forward_cuda(
+    const at::TensorList weights, const at::Tensor& indices, const at::Tensor& offsets,
+    const std::optional<at::Tensor>& per_sample_weights, at::IntArrayRef table_bags,
+    at::IntArrayRef poolings, at::IntArrayRef layouts) {
+  const auto layout = hashed_batch_layouts(weights, indices, offsets, per_sample_weights,
+                                           table_bags, poolings, layouts);
+  c10::cuda::CUDAGuard guard(indices.device());
   auto idx = indices.contiguous();
   auto off = offsets.contiguous();
   std::optional<at::Tensor> psw;
   if (per_sample_weights) psw = per_sample_weights->contiguous().to(at::kFloat);
-  const int64_t B = off.numel() - 1, D = w.size(1);
-  auto out = at::empty({B, D}, w.options());
-  if (B == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "hashed_bag_forward_cuda", [&] {
-    forward_kernel<scalar_t><<<bag_grid(B), dim3(kWarp, kWarpsPerBlock), 0,
+  std::vector<at::Tensor> w, out;
+  for (size_t t = 0; t < weights.size(); ++t) {
+    w.push_back(weights[t].contiguous());
+    out.push_back(at::empty({table_bags[t + 1] - table_bags[t], w[t].size(1)}, w[t].options()));
+  }
+  if (w.empty() || table_bags.back() == table_bags[0]) return out;
+  AT_DISPATCH_FLOATING_TYPES(w[0].scalar_type(), "hashed_bags_forward_cuda", [&] {
+    auto run = describe<scalar_t>(layout, w, table_bags, poolings, out, {}, {}, indices.device());
+    forward_kernel<scalar_t><<<bag_grid(run.num_bags), dim3(kWarp, kWarpsPerBlock), 0,
                                c10::cuda::getCurrentCUDAStream()>>>(
-        w.data_ptr<scalar_t>(), D, idx.data_ptr<int64_t>(), off.data_ptr<int64_t>(),
-        psw ? psw->data_ptr<float>() : nullptr, B, pooling == 1, L, w.size(0) / slots,
-        out.data_ptr<scalar_t>());
+        run.desc, run.T, run.first_bag, run.num_bags, idx.data_ptr<int64_t>(),
+        off.data_ptr<int64_t>(), psw ? psw->data_ptr<float>() : nullptr);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
 
 // Shared by the two backward ops: psw gradient first (from the weights as they were in
-// forward), then dst += alpha * weight gradient.
-at::Tensor backward_into(const at::Tensor& grad_output, const at::Tensor& weight,
+// forward), then dst[t] += alpha * weight gradient of table t.
+at::Tensor backward_into(const at::TensorList grad_outputs, const at::TensorList weights,
                          const at::Tensor& indices, const at::Tensor& offsets,
-                         const std::optional<at::Tensor>& per_sample_weights, int64_t pooling,
-                         const HashedLayout& L, bool psw_grad, float alpha, at::Tensor& dst,
-                         const char* op) {
-  check_hashed_meta(weight, indices, offsets, per_sample_weights, L);
-  c10::cuda::CUDAGuard guard(weight.device());
-  const int64_t B = offsets.numel() - 1, D = weight.size(1);
-  TORCH_CHECK(grad_output.dim() == 2 && grad_output.size(0) == B && grad_output.size(1) == D,
-              op, ": grad_output must be [", B, ", ", D, "]");
-  auto go = grad_output.contiguous().to(weight.scalar_type());
+                         const std::optional<at::Tensor>& per_sample_weights,
+                         at::IntArrayRef table_bags, at::IntArrayRef poolings,
+                         at::IntArrayRef layouts, bool psw_grad, float alpha,
+                         const std::vector<at::Tensor>& dst, const char* op) {
+  const auto layout = hashed_batch_layouts(weights, indices, offsets, per_sample_weights,
+                                           table_bags, poolings, layouts);
+  const auto go = hashed_batch_grads(grad_outputs, weights, table_bags, op);
+  c10::cuda::CUDAGuard guard(indices.device());
   auto idx = indices.contiguous();
   auto off = offsets.contiguous();
   std::optional<at::Tensor> psw;
   if (per_sample_weights) psw = per_sample_weights->contiguous().to(at::kFloat);
-  auto gpsw = psw_grad ? at::zeros({indices.numel()}, weight.options().dtype(at::kFloat))
-                       : at::empty({0}, weight.options().dtype(at::kFloat));
-  if (B == 0) return gpsw;
+  auto gpsw = psw_grad ? at::zeros({indices.numel()}, offsets.options().dtype(at::kFloat))
+                       : at::empty({0}, offsets.options().dtype(at::kFloat));
+  if (weights.empty() || table_bags.back() == table_bags[0]) return gpsw;
+  std::vector<at::Tensor> w;
+  for (const auto& x : weights) w.push_back(x.contiguous());
   auto stream = c10::cuda::getCurrentCUDAStream();
-  const int64_t regions = weight.size(0) / L.slots;
-  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "hashed_bag_backward_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES(w[0].scalar_type(), "hashed_bags_backward_cuda", [&] {
+    auto run = describe<scalar_t>(layout, w, table_bags, poolings, {}, go, dst, indices.device());
+    const dim3 grid = bag_grid(run.num_bags), block(kWarp, kWarpsPerBlock);
     if (psw_grad) {
-      auto w = weight.contiguous();
-      psw_grad_kernel<scalar_t><<<bag_grid(B), dim3(kWarp, kWarpsPerBlock), 0, stream>>>(
-          go.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), D, idx.data_ptr<int64_t>(),
-          off.data_ptr<int64_t>(), B, pooling == 1, L, regions, gpsw.data_ptr<float>());
+      psw_grad_kernel<scalar_t><<<grid, block, 0, stream>>>(
+          run.desc, run.T, run.first_bag, run.num_bags, idx.data_ptr<int64_t>(),
+          off.data_ptr<int64_t>(), gpsw.data_ptr<float>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    backward_kernel<scalar_t><<<bag_grid(B), dim3(kWarp, kWarpsPerBlock), 0, stream>>>(
-        go.data_ptr<scalar_t>(), D, idx.data_ptr<int64_t>(), off.data_ptr<int64_t>(),
-        psw ? psw->data_ptr<float>() : nullptr, B, pooling == 1, L, regions, alpha,
-        dst.data_ptr<scalar_t>());
+    backward_kernel<scalar_t><<<grid, block, 0, stream>>>(
+        run.desc, run.T, run.first_bag, run.num_bags, idx.data_ptr<int64_t>(),
+        off.data_ptr<int64_t>(), psw ? psw->data_ptr<float>() : nullptr, alpha);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return gpsw;
 }
 
-std::tuple<at::Tensor, at::Tensor> hashed_bag_backward_cuda(
-    const at::Tensor& grad_output, const at::Tensor& weight, const at::Tensor& indices,
+std::tuple<std::vector<at::Tensor>, at::Tensor> hashed_bags_backward_cuda(
+    const at::TensorList grad_outputs, const at::TensorList weights, const at::Tensor& indices,
     const at::Tensor& offsets, const std::optional<at::Tensor>& per_sample_weights,
-    int64_t pooling, int64_t mode, int64_t chunk, int64_t rows_per_region, int64_t slots,
-    int64_t id_offset, int64_t col_offset, int64_t seed, bool is_signed, bool psw_grad) {
-  const HashedLayout L = make_layout(mode, chunk, rows_per_region, slots, id_offset,
-                                     col_offset, seed, is_signed);
-  auto gw = at::zeros(weight.sizes(), weight.options());
-  auto gpsw = backward_into(grad_output, weight, indices, offsets, per_sample_weights, pooling,
-                            L, psw_grad, 1.0f, gw, "hashed_bag_backward");
+    at::IntArrayRef table_bags, at::IntArrayRef poolings, at::IntArrayRef layouts,
+    bool psw_grad) {
+  std::vector<at::Tensor> gw;
+  for (const auto& w : weights) gw.push_back(at::zeros(w.sizes(), w.options()));
+  auto gpsw = backward_into(grad_outputs, weights, indices, offsets, per_sample_weights,
+                            table_bags, poolings, layouts, psw_grad, 1.0f, gw,
+                            "hashed_bags_backward");
   return {gw, gpsw};
 }
 
-at::Tensor hashed_bag_sgd_cuda(at::Tensor& weight, const at::Tensor& grad_output,
-                               const at::Tensor& indices, const at::Tensor& offsets,
-                               const std::optional<at::Tensor>& per_sample_weights,
-                               int64_t pooling, int64_t mode, int64_t chunk,
-                               int64_t rows_per_region, int64_t slots, int64_t id_offset,
-                               int64_t col_offset, int64_t seed, bool is_signed, double lr,
-                               bool psw_grad) {
-  TORCH_CHECK(weight.is_contiguous(), "hashed_bag_sgd_: weight must be contiguous (updated in place)");
-  const HashedLayout L = make_layout(mode, chunk, rows_per_region, slots, id_offset,
-                                     col_offset, seed, is_signed);
-  return backward_into(grad_output, weight, indices, offsets, per_sample_weights, pooling, L,
-                       psw_grad, static_cast<float>(-lr), weight, "hashed_bag_sgd_");
+at::Tensor hashed_bags_sgd_cuda(at::TensorList weights, const at::TensorList grad_outputs,
+                                const at::Tensor& indices, const at::Tensor& offsets,
+                                const std::optional<at::Tensor>& per_sample_weights,
+                                at::IntArrayRef table_bags, at::IntArrayRef poolings,
+                                at::IntArrayRef layouts, double lr, bool psw_grad) {
+  const auto dst = hashed_batch_in_place(weights, "hashed_bags_sgd_");
+  return backward_into(grad_outputs, weights, indices, offsets, per_sample_weights, table_bags,
+                       poolings, layouts, psw_grad, static_cast<float>(-lr), dst,
+                       "hashed_bags_sgd_");
 }
 
 at::Tensor coord_uniform_cuda(at::Tensor& weight, int64_t row_offset, int64_t col_offset,
@@ -246,9 +316,9 @@ at::Tensor coord_uniform_cuda(at::Tensor& weight, int64_t row_offset, int64_t co
 }  // namespace
 
 TORCH_LIBRARY_IMPL(torchrec_ext, CUDA, m) {
-  m.impl("hashed_bag_forward", &hashed_bag_forward_cuda);
-  m.impl("hashed_bag_backward", &hashed_bag_backward_cuda);
-  m.impl("hashed_bag_sgd_", &hashed_bag_sgd_cuda);
+  m.impl("hashed_bags_forward", &hashed_bags_forward_cuda);
+  m.impl("hashed_bags_backward", &hashed_bags_backward_cuda);
+  m.impl("hashed_bags_sgd_", &hashed_bags_sgd_cuda);
   m.impl("coord_uniform_", &coord_uniform_cuda);
 }
 
