@@ -221,12 +221,12 @@ def _local_tensors(state):
 
 
 def print_table(results, baseline):
-    hdr = f"{'variant':<16}{'ids/s':>14}{'vs baseline':>13}{'step ms':>10}{'table MB':>11}{'peak RSS MB':>13}"
+    hdr = f"{'variant':<24}{'ids/s':>14}{'vs baseline':>13}{'step ms':>10}{'table MB':>11}{'peak RSS MB':>13}"
     print(hdr)
     print("-" * len(hdr))
     for r in results:
         ratio = r["ids_per_s"] / baseline["ids_per_s"] if baseline else float("nan")
-        print(f"{r['variant']:<16}{r['ids_per_s']:>14,.0f}{ratio:>12.2f}x{r['step_ms']:>10.1f}"
+        print(f"{r['variant']:<24}{r['ids_per_s']:>14,.0f}{ratio:>12.2f}x{r['step_ms']:>10.1f}"
               f"{r['table_bytes'] / 2**20:>11.1f}{r['peak_rss_bytes'] / 2**20:>13.0f}")
 
 
