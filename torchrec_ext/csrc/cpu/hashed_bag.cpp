@@ -109,6 +109,13 @@ inline void windowed(const Addresser& A, const scalar_t* w, const int64_t* idx, 
 // AVX-512): lane t reads from the first segment if t < len1, else from the second.
 // Masked loads and stores never touch the lanes they mask out, so nothing outside the
 // two segments is read or written. Falls back to two plain loops elsewhere.
+#if defined(__AVX512F__)
+// Lanes q .. q + 15 of a chunk that lie in its first segment (the first len1 columns).
+inline __mmask16 first_segment_lanes(int64_t len1, int64_t q) {
+  return static_cast<__mmask16>((1u << std::clamp<int64_t>(len1 - q, 0, 16)) - 1u);
+}
+#endif
+
 template <typename scalar_t>
 inline bool chunk_fma(float* acc, float s, const scalar_t* w, const Segment& sg, int64_t Z) {
 #if defined(__AVX512F__)
@@ -116,8 +123,7 @@ inline bool chunk_fma(float* acc, float s, const scalar_t* w, const Segment& sg,
     if (Z % 16 == 0) {
       const __m512 vs = _mm512_set1_ps(s);
       for (int64_t q = 0; q < Z; q += 16) {
-        const int64_t in1 = std::clamp<int64_t>(sg.len1 - q, 0, 16);
-        const __mmask16 m1 = static_cast<__mmask16>((1u << in1) - 1u);
+        const __mmask16 m1 = first_segment_lanes(sg.len1, q);
         const __m512 v = _mm512_mask_loadu_ps(_mm512_maskz_loadu_ps(m1, w + sg.a + q),
                                               static_cast<__mmask16>(~m1), w + sg.b + q - sg.len1);
         _mm512_storeu_ps(acc + q, _mm512_fmadd_ps(vs, v, _mm512_loadu_ps(acc + q)));
@@ -137,8 +143,7 @@ inline bool chunk_axpy(scalar_t* dst, float s, const scalar_t* g, const Segment&
     if (Z % 16 == 0) {
       const __m512 vs = _mm512_set1_ps(s);
       for (int64_t q = 0; q < Z; q += 16) {
-        const int64_t in1 = std::clamp<int64_t>(sg.len1 - q, 0, 16);
-        const __mmask16 m1 = static_cast<__mmask16>((1u << in1) - 1u), m2 = static_cast<__mmask16>(~m1);
+        const __mmask16 m1 = first_segment_lanes(sg.len1, q), m2 = static_cast<__mmask16>(~m1);
         const __m512 vg = _mm512_mul_ps(vs, _mm512_loadu_ps(g + q));
         float* p1 = dst + sg.a + q;
         float* p2 = dst + sg.b + q - sg.len1;
