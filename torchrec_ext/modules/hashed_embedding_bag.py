@@ -23,7 +23,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
 from torchrec_ext.modules.collection_base import ExtEmbeddingBagCollection
 from torchrec_ext.modules.table_kind import StatePiece
-from torchrec_ext.ops import HashedShardLayout, coord_uniform_, hashed_bag, hashed_bag_backward, hashed_bag_sgd_
+from torchrec_ext.ops import HashedShardLayout, coord_uniform_, hashed_bag
 
 MODES = {"element": 0, "block": 1}
 
@@ -40,6 +40,10 @@ class HashedEmbeddingBagConfig(EmbeddingBagConfig):
     signed: multiply each element (element mode) or block (block mode) by a +-1 hash.
     row_regions: independent id ranges; row-wise world sizes must divide it.
     """
+
+    # Tables with the same kernel_group share a TorchRec lookup kernel, which serves them
+    # in one batched call (sharding/hashed_batch.py). A class attribute, not a field.
+    kernel_group = "<hashed tables>"
 
     compression: float = 0.125
     buffer_size: Optional[int] = None
@@ -164,20 +168,6 @@ class HashedEmbeddingBagConfig(EmbeddingBagConfig):
 
     def pool_shard(self, layout, weights, values, offsets, per_sample_weights, pooling: int) -> torch.Tensor:
         return hashed_bag(weights[0], values, offsets, per_sample_weights, pooling, layout)
-
-    def backward_shard(self, layout, grad, weights, values, offsets, per_sample_weights, pooling: int,
-                       need_weights_grad: bool):
-        gw, gpsw = hashed_bag_backward(grad, weights[0], values, offsets, per_sample_weights, pooling,
-                                       layout, need_weights_grad)
-        return [(None, gw)], (gpsw if need_weights_grad else None)
-
-    def sgd_shard_(self, layout, grad, weights, values, offsets, per_sample_weights, pooling: int,
-                   lr: float, need_weights_grad: bool):
-        # Each touched buffer element is updated where the gradient lands: no gradient the
-        # size of the buffer, and no pass over the elements the batch did not touch.
-        gpsw = hashed_bag_sgd_(weights[0], grad, values, offsets, per_sample_weights, pooling, layout,
-                               lr, need_weights_grad)
-        return gpsw if need_weights_grad else None
 
 
 class HashedEmbeddingBagCollection(ExtEmbeddingBagCollection):

@@ -22,10 +22,10 @@ A config implements:
   make_shard_state(pieces, offsets, sizes) what the kernels need (a layout)
   pool_shard(state, weights, ...)        pooled lookup of the shard ([bags, cols])
   backward_shard(state, grad, weights, ...) -> ([(rows or None, grad)] per piece, psw grad)
-and may implement
-  sgd_shard_(state, grad, weights, ..., lr, need_weights_grad) -> psw grad
-                                         backward fused with SGD, updating the pieces in
-                                         place (no gradient tensors)
+                                         (kinds the kernels run shard by shard; hashed
+                                         shards run through sharding/hashed_batch.py)
+and may set the class attribute
+  kernel_group                           tables of one group share a lookup kernel
 """
 
 from __future__ import annotations

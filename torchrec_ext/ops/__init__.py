@@ -4,9 +4,9 @@ from torchrec_ext.ops.hashed import (  # noqa: F401
     HashedShardLayout,
     coord_uniform_,
     hashed_bag,
-    hashed_bag_backward,
     hashed_bag_sgd_,
     hashed_bags,
+    hashed_bags_backward,
     hashed_bags_sgd_,
 )
 from torchrec_ext.ops.qr import QRShardLayout, qr_bag, qr_bag_backward  # noqa: F401

@@ -36,6 +36,10 @@ class HashedShardLayout:
                 self.col_offset, self.seed, int(self.signed)]
 
 
+def _flat(layouts: Sequence[HashedShardLayout]) -> List[int]:
+    return [v for lay in layouts for v in lay.args()]
+
+
 def _bag_counts(table_bags):
     return [table_bags[t + 1] - table_bags[t] for t in range(len(table_bags) - 1)]
 
@@ -88,7 +92,17 @@ def hashed_bags(weights: Sequence[torch.Tensor], indices: torch.Tensor, offsets:
     """Pooled lookups of many hashed shards in one call; table t pools bags
     table_bags[t] .. table_bags[t + 1] of `offsets`. Differentiable in weights and psw."""
     return _ops.hashed_bags_forward(list(weights), indices, offsets, per_sample_weights, list(table_bags),
-                                    list(poolings), [v for lay in layouts for v in lay.args()])
+                                    list(poolings), _flat(layouts))
+
+
+def hashed_bags_backward(grad_outputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
+                         indices: torch.Tensor, offsets: torch.Tensor,
+                         per_sample_weights: Optional[torch.Tensor], table_bags: Sequence[int],
+                         poolings: Sequence[int], layouts: Sequence[HashedShardLayout], psw_grad: bool):
+    """(dense weight gradient per table, psw gradient or empty) of `hashed_bags`."""
+    gw, gpsw = _ops.hashed_bags_backward(list(grad_outputs), list(weights), indices, offsets, per_sample_weights,
+                                         list(table_bags), list(poolings), _flat(layouts), psw_grad)
+    return list(gw), gpsw
 
 
 def hashed_bags_sgd_(weights: Sequence[torch.Tensor], grad_outputs: Sequence[torch.Tensor],
@@ -99,8 +113,7 @@ def hashed_bags_sgd_(weights: Sequence[torch.Tensor], grad_outputs: Sequence[tor
     """Backward fused with SGD: `weight -= lr * grad_weight` in place for every table, with
     no dense gradient. Returns the psw gradient (from the weights before the update) or empty."""
     return _ops.hashed_bags_sgd_(list(weights), list(grad_outputs), indices, offsets, per_sample_weights,
-                                 list(table_bags), list(poolings), [v for lay in layouts for v in lay.args()],
-                                 lr, psw_grad)
+                                 list(table_bags), list(poolings), _flat(layouts), lr, psw_grad)
 
 
 def _one(offsets: torch.Tensor) -> List[int]:
@@ -112,14 +125,6 @@ def hashed_bag(weight: torch.Tensor, indices: torch.Tensor, offsets: torch.Tenso
                layout: HashedShardLayout) -> torch.Tensor:
     """Pooled lookup of one hashed table shard; differentiable in weight and weights."""
     return hashed_bags([weight], indices, offsets, per_sample_weights, _one(offsets), [pooling], [layout])[0]
-
-
-def hashed_bag_backward(grad_output: torch.Tensor, weight: torch.Tensor, indices: torch.Tensor,
-                        offsets: torch.Tensor, per_sample_weights: Optional[torch.Tensor],
-                        pooling: int, layout: HashedShardLayout, psw_grad: bool):
-    gw, gpsw = _ops.hashed_bags_backward([grad_output], [weight], indices, offsets, per_sample_weights,
-                                         _one(offsets), [pooling], layout.args(), psw_grad)
-    return gw[0], gpsw
 
 
 def hashed_bag_sgd_(weight: torch.Tensor, grad_output: torch.Tensor, indices: torch.Tensor,

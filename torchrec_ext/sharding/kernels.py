@@ -21,9 +21,8 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_ext.modules.collection_base import bags_to_batch_major
 from torchrec_ext.modules.table_kind import StatePiece
-from torchrec_ext.modules.row_optim import SGD
 from torchrec_ext.sharding.fused_optim import ExtFusedOptimizer
-from torchrec_ext.sharding.hashed_batch import HashedBatch, batchable, table_batching_enabled
+from torchrec_ext.sharding.hashed_batch import HashedBatch, batch_shards
 
 # Key under which a table's torchrec_ext config rides in its per-table fused_params.
 TABLE_KEY = "_torchrec_ext_table"
@@ -54,8 +53,8 @@ class _FusedLookup(torch.autograd.Function):
         values, offsets, weights = ctx.saved_tensors
         shard = ctx.shard
         need_w = ctx.has_weights and ctx.needs_input_grad[4]
-        grad_psw = shard.backward_and_update(grad_output, values, offsets,
-                                             weights if ctx.has_weights else None, need_w)
+        grads, grad_psw = shard.backward(grad_output, values, offsets, weights if ctx.has_weights else None, need_w)
+        shard.apply_optimizer(grads)
         return None, None, None, None, grad_psw if need_w else None
 
 
@@ -102,17 +101,6 @@ class LocalShard(nn.Module):
                                           values, offsets, per_sample_weights, self.pooling,
                                           need_weights_grad)
 
-    def backward_and_update(self, grad_output, values, offsets, per_sample_weights, need_weights_grad):
-        """Gradients of the shard, applied by the fused optimizer; returns the psw gradient."""
-        sgd_shard_ = getattr(self.config, "sgd_shard_", None)
-        if (sgd_shard_ is not None and self.optimizer.kind == SGD
-                and not any(pc.replicated for pc in self.pieces)):
-            return sgd_shard_(self.state, grad_output, [w.data for w in self.weights], values, offsets,
-                              per_sample_weights, self.pooling, self.optimizer.lr, need_weights_grad)
-        grads, grad_psw = self.backward(grad_output, values, offsets, per_sample_weights, need_weights_grad)
-        self.apply_optimizer(grads)
-        return grad_psw
-
     def apply_optimizer(self, grads) -> None:
         for i, (w, pc, (rows, grad)) in enumerate(zip(self.weights, self.pieces, grads)):
             if pc.replicated and self.replica_sync is not None:
@@ -128,20 +116,6 @@ class LocalShard(nn.Module):
         if fused:
             return _FusedLookup.apply(self.weights[0], self, values, offsets, per_sample_weights)
         return self.pool(list(self.weights), values, offsets, per_sample_weights)
-
-
-def _leading_slice(features: KeyedJaggedTensor, num_bags: int, weights_on: bool):
-    """Values, offsets and weights of the first num_bags bags of a KJT."""
-    offsets = features.offsets().long()
-    if offsets.numel() - 1 != num_bags:
-        offsets = offsets[: num_bags + 1]
-    end = int(offsets[-1])
-    values = features.values().long()
-    w = features.weights_or_none() if weights_on else None
-    if values.numel() != end:
-        values = values[:end]
-        w = w[:end] if w is not None else None
-    return values, offsets, (w.float() if w is not None else None)
 
 
 def _local_shard(table: ShardedEmbeddingTable, pooling: int, device: torch.device,
@@ -178,13 +152,9 @@ class ExtPooledEmbeddingKernel(nn.Module):
             _local_shard(t, 0 if (sum_only or t.pooling == PoolingType.SUM) else 1, device, sharding_type)
             for t in config.embedding_tables
         )
-        self._feature_splits = [s.num_features for s in self.shards]
-        # Hashed shards pool in one batched call when they are the kernel's leading shards
-        # (their features' values are then one slice of the kernel's KJT).
-        lead = 0
-        while lead < len(self.shards) and batchable(self.shards[lead]):
-            lead += 1
-        self._hashed = HashedBatch(self.shards[:lead]) if lead > 1 and table_batching_enabled() else None
+        # Runs of hashed shards pool in one batched call each (see hashed_batch.py).
+        self._segments = batch_shards(self.shards)  # a plain list: self.shards owns the modules
+        self._segment_splits = [s.num_features for s in self._segments]
 
     @property
     def config(self) -> GroupedEmbeddingConfig:
@@ -194,18 +164,14 @@ class ExtPooledEmbeddingKernel(nn.Module):
         batch = features.stride()
         weights_on = self._config.is_weighted
         outs: List[torch.Tensor] = []
-        kjts = features.split(self._feature_splits)
-        shards = self.shards
-        if self._hashed is not None:
-            n = len(self._hashed.shards)
-            values, offsets, w = _leading_slice(features, sum(self._feature_splits[:n]) * batch, weights_on)
-            pooled = self._hashed.forward(values, offsets, w, batch, self._fused)
-            outs = [bags_to_batch_major(p, s.num_features, batch) for p, s in zip(pooled, shards[:n])]
-            shards, kjts = shards[n:], kjts[n:]
-        for shard, kjt in zip(shards, kjts):
+        for seg, kjt in zip(self._segments, features.split(self._segment_splits)):
             w = kjt.weights_or_none() if weights_on else None
-            out = shard(kjt.values().long(), kjt.offsets().long(), w.float() if w is not None else None, self._fused)
-            outs.append(bags_to_batch_major(out, shard.num_features, batch))
+            args = (kjt.values().long(), kjt.offsets().long(), w.float() if w is not None else None)
+            if isinstance(seg, HashedBatch):
+                pooled = seg.forward(*args, batch, self._fused)
+                outs += [bags_to_batch_major(p, s.num_features, batch) for p, s in zip(pooled, seg.shards)]
+            else:
+                outs.append(bags_to_batch_major(seg(*args, self._fused), seg.num_features, batch))
         return torch.cat(outs, dim=1)
 
     def local_shards(self) -> Iterator[Tuple[str, str, nn.Parameter, Optional[ShardMetadata]]]:

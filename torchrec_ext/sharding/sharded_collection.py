@@ -36,8 +36,8 @@ class ExtTableRef:
     """Carries a table's torchrec_ext config through TorchRec's per-table fused_params.
 
     TorchRec groups a rank's tables into lookup kernels by their fused_params, so the ref
-    compares by `group`: the table's name (a kernel of its own), or, for kinds whose
-    kernels batch many tables in one call (hashed), the kind, so they share a kernel.
+    compares by `group`: the config's `kernel_group` for kinds whose kernels serve many
+    tables in one call (hashed), else the table's name (a kernel of its own).
     """
 
     group: str
@@ -45,9 +45,7 @@ class ExtTableRef:
 
     @classmethod
     def of(cls, cfg: Any) -> "ExtTableRef":
-        from torchrec_ext.modules.hashed_embedding_bag import HashedEmbeddingBagConfig
-
-        return cls("<hashed tables>" if isinstance(cfg, HashedEmbeddingBagConfig) else cfg.name, cfg)
+        return cls(getattr(cfg, "kernel_group", None) or cfg.name, cfg)
 
 
 def planner_view(module: nn.Module, table: str, cfg: Any) -> torch.Tensor:

@@ -91,8 +91,8 @@ struct Addresser {
   }
 };
 
-// Walks ids [i0, i1) of a bag range in windows: `fill(i)` has located id i's segments
-// in win[(i - w0) * C ..]. Calls visit(i, segments of i).
+// Walks ids [i0, i1) in windows: locates (and prefetches) every id of a window into
+// win[(i - w0) * C ..], then calls visit(i, segments of i) for each.
 template <typename scalar_t, typename Visit>
 inline void windowed(const Addresser& A, const scalar_t* w, const int64_t* idx, int64_t i0,
                      int64_t i1, std::vector<Segment>& win, Visit&& visit) {
