@@ -29,6 +29,7 @@ VARIANTS = {
     "hashed_block": "hashed, block mode (Z=32), compression 0.1",
     "hashed_block_per_table": "hashed_block with table batching off: one native call per table",
     "qr_mult": "QR, m=1000, mult",
+    "qr_mult_per_table": "qr_mult with table batching off: one native call per table",
     "qr_add": "QR, m=1000, add",
     "qr_concat": "QR, m=1000, concat",
     "dynamic_warm": "dynamic hashtable, warm: every id already has a row",
@@ -91,7 +92,7 @@ def build(variant: str, args, device):
             [HashedEmbeddingBagConfig(**common(t), mode=mode, compression=0.1, seed=t) for t in T],
             device=torch.device("meta"))
     if variant.startswith("qr_"):
-        op = variant.split("_")[1]
+        op = variant.split("_")[1]  # qr_<op>[_per_table]
         return QREmbeddingBagCollection(
             [QREmbeddingBagConfig(**common(t), num_collisions=1000, operation=op) for t in T],
             device=torch.device("meta"))

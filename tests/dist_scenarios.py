@@ -32,7 +32,7 @@ from torchrec_ext.sharding import get_sharders, make_planner
 
 PER_RANK_BATCH = 4
 LR = 0.1
-FEATURES = {"f_std": 120, "f_a": 1000, "f_b": 5000, "f_shared": 1000, "f_q": 3000, "f_g": 1500, "f_c": 1100}
+FEATURES = {"f_std": 120, "f_a": 1000, "f_b": 5000, "f_shared": 1000, "f_q": 3000, "f_g": 1500, "f_c": 1100, "f_q2": 1000}
 WEIGHTED_FEATURES = {"f_w": 300, "f_w2": 400}
 
 
@@ -74,6 +74,11 @@ class TwoCollections(nn.Module):
                                      partition_dims=[4, 4, 8], pooling=PoolingType.MEAN),
                 QREmbeddingBagConfig(name="q_crt", num_embeddings=1100, embedding_dim=16, feature_names=["f_c"],
                                      partition="crt", factors=[31, 37], operation="add"),
+                # a second row-wise SUM table: row-wise plans batch it with q_mult in one kernel.
+                # Its own feature: TorchRec 1.8 row-wise divides the second table of a shared
+                # feature by the bag lengths when the module has a MEAN table (its own EBC too).
+                QREmbeddingBagConfig(name="q_add", num_embeddings=1000, embedding_dim=16,
+                                     feature_names=["f_q2"], num_collisions=32, operation="add"),
             ],
             device=device,
         )
@@ -111,7 +116,7 @@ def kjt_for(batch, lo: int, hi: int) -> KeyedJaggedTensor:
     )
 
 
-TABLES = ["std0", "h_elem", "h_block", "h_w", "h_w2", "q_mult", "q_gen", "q_crt"]
+TABLES = ["std0", "h_elem", "h_block", "h_w", "h_w2", "q_mult", "q_gen", "q_crt", "q_add"]
 
 
 def expected_type(table: str, sharding_type: str) -> str:
@@ -126,7 +131,7 @@ def replicated_keys(sharding_type: str) -> set:
     if sharding_type != ShardingType.ROW_WISE.value:
         return set()
     return {"qr.embedding_bags.q_mult.weight_1", "qr.embedding_bags.q_gen.weight_0",
-            "qr.embedding_bags.q_gen.weight_1"}
+            "qr.embedding_bags.q_gen.weight_1", "qr.embedding_bags.q_add.weight_1"}
 
 
 def shard_model(model, world_size, sharding_type, fused_params):

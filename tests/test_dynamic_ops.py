@@ -1,6 +1,5 @@
 """Dynamic-table row ops against plain PyTorch, on every device."""
 
-import math
 
 import pytest
 import torch

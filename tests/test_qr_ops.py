@@ -7,7 +7,7 @@ import qr_reference as ref
 from batches import DEVICES, assert_kernel_matches_reference, make_batch
 from torchrec_ext import QREmbeddingBagConfig
 from torchrec.distributed.types import ShardingType
-from torchrec_ext.ops import qr_bag
+from torchrec_ext.ops import qr_bag, qr_bag_backward, qr_bags, qr_bags_backward
 
 PARTITIONS = [
     dict(partition="qr", num_collisions=37),
@@ -71,8 +71,7 @@ def test_backward_returns_only_touched_rows(device):
     ws = [torch.randn(pc.sizes, device=device) for pc in pieces]
     ids = torch.tensor([5, 5, 80, 999], device=device)
     offsets = torch.tensor([0, 3, 4], device=device)
-    rows, grads, _ = torch.ops.torchrec_ext.qr_bag_backward(
-        torch.ones(2, D, device=device), ws, ids, offsets, None, 0, *layout.args(), False)
+    rows, grads, _ = qr_bag_backward(torch.ones(2, D, device=device), ws, ids, offsets, None, 0, layout, False)
     m = cfg.num_collisions
     assert rows[0].tolist() == sorted({5 // m, 80 // m, 999 // m})
     assert rows[1].tolist() == sorted({5 % m, 80 % m, 999 % m})
@@ -108,16 +107,74 @@ def test_row_and_column_shards_compute_their_part_of_the_table(op):
     torch.testing.assert_close(got, expect[:, 5:])
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_one_batched_call_equals_the_reference_table_by_table(device):
+    """Five shards in one call (mult, add over 3 partitions, concat, an empty table, a
+    row-wise shard with an id offset; SUM and MEAN; weighted): outputs, weight gradients
+    (touched rows), and psw gradients equal each table's reference alone."""
+    gqr = dict(partition="generalized_qr", factors=[7, 5, 31])
+    cfgs = [make_config(PARTITIONS[0], OPERATIONS[0]), make_config(gqr, OPERATIONS[1]),
+            make_config(PARTITIONS[2], OPERATIONS[2]), make_config(PARTITIONS[0], OPERATIONS[1]),
+            make_config(gqr, OPERATIONS[0])]
+    poolings, bags = [0, 1, 1, 0, 0], [9, 7, 8, 0, 6]
+    shards = [full_layout(c) for c in cfgs[:4]]
+    # the last table: row-wise block 1 of 2 (quotient rows [r0, r0 + block)), shard-local ids
+    rows_s = cfgs[4].parameter_shape()[0]
+    block = -(-rows_s // 2)
+    rw = cfgs[4].state_pieces(ShardingType.ROW_WISE.value, (block, 0), (rows_s - block, D))
+    shards.append((rw, cfgs[4].make_shard_state(rw, (block, 0), (rows_s - block, D))))
+    full_ws = [[torch.randn(pc.sizes, dtype=torch.float64) for pc in full_layout(c)[0]] for c in cfgs]
+    ws = [[w[pc.offsets[0]:pc.offsets[0] + pc.sizes[0]] for w, pc in zip(fw, pieces)]
+          for fw, (pieces, _) in zip(full_ws, shards)]
+    id_lo = [0, 0, 0, 0, block * 35]
+    batch = []
+    for t, (c, B) in enumerate(zip(cfgs, bags)):
+        ids, offsets, psw = make_batch(N - id_lo[t], B, 5, seed=30 + t) if B else (
+            torch.zeros(0, dtype=torch.long), torch.zeros(1, dtype=torch.long), torch.zeros(0, dtype=torch.float64))
+        batch.append((ids + id_lo[t], offsets, psw.float().double()))  # the kernels read psw as fp32
+    local_ids = torch.cat([b[0] - lo for b, lo in zip(batch, id_lo)])
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long)] +
+                        [b[1][1:] + sum(len(x[0]) for x in batch[:t]) for t, b in enumerate(batch)])
+    table_bags = [0] + torch.tensor(bags).cumsum(0).tolist()
+    dtype = torch.float32 if device == "cuda" else torch.float64
+    flat = [w.to(device, dtype).contiguous() for tw in ws for w in tw]
+    psw = torch.cat([b[2] for b in batch])
+    layouts = [lay for _, lay in shards]
+    outs = qr_bags(flat, local_ids.to(device), offsets.to(device), psw.to(device, dtype), table_bags, poolings,
+                   layouts)
+    gos = [torch.randn(B, D, dtype=torch.float64) for B in bags]
+    rows, grads, gpsw = qr_bags_backward([g.to(device, dtype) for g in gos], flat, local_ids.to(device),
+                                         offsets.to(device), psw.to(device, dtype), table_bags, poolings,
+                                         layouts, True)
+    tol = 1e-6 if dtype == torch.float64 else 1e-4
+    piece, pos = 0, 0
+    for t, (c, (ids, off, p)) in enumerate(zip(cfgs, batch)):
+        ref_w = [w.clone().requires_grad_() for w in full_ws[t]]
+        ref_p = p.clone().requires_grad_()
+        expect = ref.pooled(c, ref_w, ids, off, ref_p, mean=poolings[t] == 1)
+        torch.testing.assert_close(outs[t].cpu().double(), expect, rtol=tol, atol=tol)
+        (expect * gos[t]).sum().backward()
+        for pc, rw_ in zip(shards[t][0], ref_w):
+            dense = torch.zeros(pc.sizes, dtype=torch.float64)
+            dense.index_copy_(0, rows[piece].cpu(), grads[piece].cpu().double())
+            torch.testing.assert_close(dense, rw_.grad[pc.offsets[0]:pc.offsets[0] + pc.sizes[0]], rtol=tol, atol=tol)
+            piece += 1
+        torch.testing.assert_close(gpsw[pos:pos + len(ids)].cpu().double(), ref_p.grad, rtol=1e-4, atol=1e-4)
+        pos += len(ids)
+    assert piece == len(flat) and pos == len(local_ids)
+
+
 def test_opcheck_schema_fake_and_autograd_registration():
-    cfg = make_config(PARTITIONS[1], OPERATIONS[0])
-    pieces, layout = full_layout(cfg)
-    ws = [torch.randn(pc.sizes, requires_grad=True) for pc in pieces]
+    cfgs = [make_config(PARTITIONS[1], OPERATIONS[0]), make_config(PARTITIONS[0], OPERATIONS[2])]
+    layouts = [full_layout(c) for c in cfgs]
+    ws = [torch.randn(pc.sizes, requires_grad=True) for pieces, _ in layouts for pc in pieces]
     ids, offsets, psw = make_batch(N, 6, 4, seed=1)
-    args = (ws, ids, offsets, psw.float().requires_grad_(), 0, *layout.args(), layout.out_dim)
-    torch.library.opcheck(torch.ops.torchrec_ext.qr_bag_forward.default, args)
-    go = torch.randn(6, D)
-    torch.library.opcheck(torch.ops.torchrec_ext.qr_bag_backward.default,
-                          (go, [w.detach() for w in ws], ids, offsets, psw.float(), 0, *layout.args(), True),
+    static = ([0, 2, 6], [0, 1], [v for _, lay in layouts for v in lay.args()])
+    torch.library.opcheck(torch.ops.torchrec_ext.qr_bags_forward.default,
+                          (ws, ids, offsets, psw.float().requires_grad_(), *static))
+    gos = [torch.randn(2, D), torch.randn(4, D)]
+    torch.library.opcheck(torch.ops.torchrec_ext.qr_bags_backward.default,
+                          (gos, [w.detach() for w in ws], ids, offsets, psw.float(), *static, True),
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 

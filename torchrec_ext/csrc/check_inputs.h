@@ -23,6 +23,17 @@ inline void check_offsets_data(const at::Tensor& off, int64_t nnz, const char* o
   }
 }
 
+// Table t of a batched call owns bags [table_bags[t], table_bags[t + 1]) of the
+// shared offsets: the bounds must not decrease and must lie within the offsets.
+inline void check_table_bags(at::IntArrayRef table_bags, const at::Tensor& offsets, const char* op) {
+  const int64_t T = static_cast<int64_t>(table_bags.size()) - 1;
+  TORCH_CHECK(T >= 0 && table_bags[0] >= 0 && table_bags[T] <= offsets.numel() - 1, op,
+              ": table_bags must lie within the bags of offsets");
+  for (int64_t t = 0; t < T; ++t) {
+    TORCH_CHECK(table_bags[t] <= table_bags[t + 1], op, ": table_bags must not decrease");
+  }
+}
+
 // Shape and type checks of a batched hashed call (no data reads: CPU and CUDA).
 // Table t owns bags [table_bags[t], table_bags[t + 1]) of the shared offsets.
 inline std::vector<HashedLayout> hashed_batch_layouts(
@@ -38,8 +49,7 @@ inline std::vector<HashedLayout> hashed_batch_layouts(
                   static_cast<int64_t>(poolings.size()) == T &&
                   static_cast<int64_t>(layouts.size()) == T * HashedLayout::kFields,
               "hashed bag: table_bags, poolings and layouts must describe ", T, " tables");
-  TORCH_CHECK(table_bags[0] >= 0 && table_bags[T] <= offsets.numel() - 1,
-              "hashed bag: table_bags must lie within the bags of offsets");
+  check_table_bags(table_bags, offsets, "hashed bag");
   if (psw) {
     TORCH_CHECK(psw->dim() == 1 && psw->numel() == indices.numel(),
                 "hashed bag: per_sample_weights must match indices");
@@ -48,7 +58,6 @@ inline std::vector<HashedLayout> hashed_batch_layouts(
   for (int64_t t = 0; t < T; ++t) {
     const at::Tensor& w = weights[t];
     const HashedLayout L = HashedLayout::from_ints(layouts.data() + t * HashedLayout::kFields);
-    TORCH_CHECK(table_bags[t] <= table_bags[t + 1], "hashed bag: table_bags must not decrease");
     TORCH_CHECK(w.dim() == 2, "hashed bag: weight must be 2-D");
     TORCH_CHECK(at::isFloatingType(w.scalar_type()), "hashed bag: weight must be floating point");
     TORCH_CHECK(w.scalar_type() == weights[0].scalar_type() && w.device() == indices.device(),

@@ -31,21 +31,24 @@ TORCH_LIBRARY(torchrec_ext, m) {
       "coord_uniform_(Tensor(a!) weight, int row_offset, int col_offset, int seed, "
       "float low, float high) -> Tensor(a!)");
 
-  // QR / compositional tables (see qr_layout.h). `op`: 0 = mult, 1 = add,
-  // 2 = concat. One weight per partition piece this shard holds; partition p maps
-  // global id x (= index + id_offset) to row (x / divisors[p]) % moduli[p]
-  // (moduli 0: no modulo) minus row_starts[p]; out_cols[p] is where its columns
-  // land in the output (concat).
+  // QR / compositional tables (see qr_layout.h), batched like the hashed ops: table
+  // t owns bags [table_bags[t], table_bags[t + 1]) of offsets, pools them with
+  // poolings[t], and its layout is the next 4 + 4k ints of `layouts`: (k, op,
+  // id_offset, out_dim), k divisors, k moduli, k row_starts, k out_cols. It holds
+  // the next k `weights`, one per partition piece. `op`: 0 = mult, 1 = add,
+  // 2 = concat. Partition p maps global id x (= index + id_offset) to row
+  // (x / divisors[p]) % moduli[p] (moduli 0: no modulo) minus row_starts[p];
+  // out_cols[p] is where its columns land in the output (concat). Returns one
+  // [bags of t, out_dim of t] output per table.
   m.def(
-      "qr_bag_forward(Tensor[] weights, Tensor indices, Tensor offsets, "
-      "Tensor? per_sample_weights, int pooling, int op, int[] divisors, int[] moduli, "
-      "int[] row_starts, int[] out_cols, int id_offset, int out_dim) -> Tensor");
-  // Returns, per partition, the (sorted, unique) local rows the batch touched and
-  // their gradient rows, then the per-sample-weight gradient (or empty).
+      "qr_bags_forward(Tensor[] weights, Tensor indices, Tensor offsets, "
+      "Tensor? per_sample_weights, int[] table_bags, int[] poolings, int[] layouts) -> Tensor[]");
+  // Returns, per partition piece (in weights order), the (sorted, unique) local rows
+  // the batch touched and their gradient rows, then the per-sample-weight gradient
+  // (or empty).
   m.def(
-      "qr_bag_backward(Tensor grad_output, Tensor[] weights, Tensor indices, Tensor offsets, "
-      "Tensor? per_sample_weights, int pooling, int op, int[] divisors, int[] moduli, "
-      "int[] row_starts, int[] out_cols, int id_offset, bool psw_grad) "
+      "qr_bags_backward(Tensor[] grad_outputs, Tensor[] weights, Tensor indices, Tensor offsets, "
+      "Tensor? per_sample_weights, int[] table_bags, int[] poolings, int[] layouts, bool psw_grad) "
       "-> (Tensor[], Tensor[], Tensor)");
 
   // Dynamic tables, index half (see dynamic_table.h): an open-addressing map

@@ -7,6 +7,7 @@
 #include <optional>
 #include <vector>
 
+#include "check_inputs.h"  // check_table_bags
 #include "qr_layout.h"
 
 namespace torchrec_ext {
@@ -68,15 +69,73 @@ inline void check_qr_bags(const at::Tensor& indices, const at::Tensor& offsets,
   }
 }
 
-inline void check_qr_grad_output(const at::Tensor& grad_output, const at::Tensor& offsets) {
-  TORCH_CHECK(grad_output.dim() == 2 && grad_output.size(0) == offsets.numel() - 1,
-              "qr_bag_backward: grad_output must have one row per bag");
-}
-
 inline std::vector<at::Tensor> contiguous_all(at::TensorList weights) {
   std::vector<at::Tensor> ws;
   for (const auto& w : weights) ws.push_back(w.contiguous());
   return ws;
+}
+
+// One table of a batched QR call.
+struct QRTable {
+  QRLayout L;
+  int64_t piece0;      // its partition pieces are weights[piece0, piece0 + L.k)
+  int64_t bag0, bag1;  // its bags of the shared offsets
+  bool mean;
+};
+
+// Number of ints one table's layout takes in a batched call: (k, op, id_offset,
+// out_dim), then k divisors, k moduli, k row_starts and k out_cols.
+constexpr int64_t qr_layout_ints(int64_t k) { return 4 + 4 * k; }
+
+// Shape and type checks of a batched QR call (no data reads: CPU and CUDA).
+inline std::vector<QRTable> qr_batch_tables(at::TensorList weights, const at::Tensor& indices,
+                                            const at::Tensor& offsets,
+                                            const std::optional<at::Tensor>& psw,
+                                            at::IntArrayRef table_bags, at::IntArrayRef poolings,
+                                            at::IntArrayRef layouts) {
+  check_qr_bags(indices, offsets, psw);
+  const int64_t T = static_cast<int64_t>(poolings.size());
+  const int64_t n_ints = static_cast<int64_t>(layouts.size());
+  const int64_t n_weights = static_cast<int64_t>(weights.size());
+  TORCH_CHECK(static_cast<int64_t>(table_bags.size()) == T + 1,
+              "qr bag: table_bags and poolings must describe the same tables");
+  check_table_bags(table_bags, offsets, "qr bag");
+  std::vector<QRTable> out;
+  int64_t at = 0, piece = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t k = at < n_ints ? layouts[at] : 0;
+    TORCH_CHECK(k >= 1 && k <= kMaxPartitions && at + qr_layout_ints(k) <= n_ints &&
+                    piece + k <= n_weights,
+                "qr bag: the layouts and weights do not describe ", T, " tables");
+    TORCH_CHECK(poolings[t] == 0 || poolings[t] == 1, "qr bag: pooling must be 0 (sum) or 1 (mean)");
+    const int64_t* v = layouts.data() + at + 4;
+    auto part = [&](int64_t i) { return at::IntArrayRef(v + i * k, static_cast<size_t>(k)); };
+    const QRLayout L = make_qr_layout(weights.slice(piece, k), layouts[at + 1], part(0), part(1),
+                                      part(2), part(3), layouts[at + 2], layouts[at + 3]);
+    TORCH_CHECK(weights[piece].scalar_type() == weights[0].scalar_type() &&
+                    weights[piece].device() == indices.device(),
+                "qr bag: the tables of one call share a dtype and the indices' device");
+    out.push_back({L, piece, table_bags[t], table_bags[t + 1], poolings[t] == 1});
+    at += qr_layout_ints(k);
+    piece += k;
+  }
+  TORCH_CHECK(at == n_ints && piece == n_weights,
+              "qr bag: the layouts and weights do not describe ", T, " tables");
+  return out;
+}
+
+// Per-table output gradients, checked against the tables' bags and made contiguous.
+inline std::vector<at::Tensor> qr_batch_grads(at::TensorList grads, const std::vector<QRTable>& tables,
+                                              at::ScalarType dtype) {
+  TORCH_CHECK(grads.size() == tables.size(), "qr_bags_backward: one grad_output per table");
+  std::vector<at::Tensor> out;
+  for (size_t t = 0; t < tables.size(); ++t) {
+    const int64_t B = tables[t].bag1 - tables[t].bag0, D = tables[t].L.out_dim;
+    TORCH_CHECK(grads[t].dim() == 2 && grads[t].size(0) == B && grads[t].size(1) == D,
+                "qr_bags_backward: grad_output of table ", t, " must be [", B, ", ", D, "]");
+    out.push_back(grads[t].contiguous().to(dtype));
+  }
+  return out;
 }
 
 }  // namespace torchrec_ext

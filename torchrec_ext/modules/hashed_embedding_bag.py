@@ -23,7 +23,14 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
 from torchrec_ext.modules.collection_base import ExtEmbeddingBagCollection
 from torchrec_ext.modules.table_kind import StatePiece
-from torchrec_ext.ops import HashedShardLayout, coord_uniform_, hashed_bag
+from torchrec_ext.ops import (
+    HashedShardLayout,
+    coord_uniform_,
+    hashed_bag,
+    hashed_bags,
+    hashed_bags_backward,
+    hashed_bags_sgd_,
+)
 
 MODES = {"element": 0, "block": 1}
 
@@ -42,7 +49,7 @@ class HashedEmbeddingBagConfig(EmbeddingBagConfig):
     """
 
     # Tables with the same kernel_group share a TorchRec lookup kernel, which serves them
-    # in one batched call (sharding/hashed_batch.py). A class attribute, not a field.
+    # in one batched call (sharding/table_batch.py). A class attribute, not a field.
     kernel_group = "<hashed tables>"
 
     compression: float = 0.125
@@ -168,6 +175,21 @@ class HashedEmbeddingBagConfig(EmbeddingBagConfig):
 
     def pool_shard(self, layout, weights, values, offsets, per_sample_weights, pooling: int) -> torch.Tensor:
         return hashed_bag(weights[0], values, offsets, per_sample_weights, pooling, layout)
+
+    # --- batched kernels (sharding/table_batch.py): one weight, the buffer, per shard ---
+    @staticmethod
+    def pool_batch(layouts, weights, values, offsets, psw, table_bags, poolings) -> List[torch.Tensor]:
+        return hashed_bags(weights, values, offsets, psw, table_bags, poolings, layouts)
+
+    @staticmethod
+    def backward_batch(layouts, grads, weights, values, offsets, psw, table_bags, poolings, need_psw):
+        gw, gpsw = hashed_bags_backward(grads, weights, values, offsets, psw, table_bags, poolings, layouts,
+                                        need_psw)
+        return [[(None, g)] for g in gw], gpsw
+
+    @staticmethod
+    def sgd_batch_(layouts, weights, grads, values, offsets, psw, table_bags, poolings, lr, need_psw):
+        return hashed_bags_sgd_(weights, grads, values, offsets, psw, table_bags, poolings, layouts, lr, need_psw)
 
 
 class HashedEmbeddingBagCollection(ExtEmbeddingBagCollection):

@@ -32,7 +32,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
 from torchrec_ext.modules.collection_base import ExtEmbeddingBagCollection
 from torchrec_ext.modules.table_kind import StatePiece
-from torchrec_ext.ops import QRShardLayout, coord_uniform_, qr_bag, qr_bag_backward
+from torchrec_ext.ops import QRShardLayout, coord_uniform_, qr_bag, qr_bags, qr_bags_backward
 from torchrec_ext.ops.qr import OPS
 
 PARTITIONS = ("qr", "generalized_qr", "crt")
@@ -63,6 +63,10 @@ class QREmbeddingBagConfig(EmbeddingBagConfig):
     partition_dims: per-partition dims for "concat" (default: embedding_dim split evenly).
     seed: init seed (default: derived from the table's name).
     """
+
+    # QR tables of a rank share a TorchRec lookup kernel, which serves them in one
+    # batched call (sharding/table_batch.py). A class attribute, not a field.
+    kernel_group = "<qr tables>"
 
     partition: str = "qr"
     num_collisions: int = 0
@@ -239,11 +243,21 @@ class QREmbeddingBagConfig(EmbeddingBagConfig):
     def pool_shard(self, layout, weights, values, offsets, per_sample_weights, pooling: int) -> torch.Tensor:
         return qr_bag(weights, values, offsets, per_sample_weights, pooling, layout)
 
-    def backward_shard(self, layout, grad, weights, values, offsets, per_sample_weights, pooling: int,
-                       need_weights_grad: bool):
-        rows, grads, gpsw = qr_bag_backward(grad, weights, values, offsets, per_sample_weights,
-                                            pooling, layout, need_weights_grad)
-        return list(zip(rows, grads)), (gpsw if need_weights_grad else None)
+    # --- batched kernels (sharding/table_batch.py): one weight per partition piece ---
+    @staticmethod
+    def pool_batch(layouts, weights, values, offsets, psw, table_bags, poolings) -> List[torch.Tensor]:
+        return qr_bags(weights, values, offsets, psw, table_bags, poolings, layouts)
+
+    @staticmethod
+    def backward_batch(layouts, grads, weights, values, offsets, psw, table_bags, poolings, need_psw):
+        rows, piece_grads, gpsw = qr_bags_backward(grads, weights, values, offsets, psw, table_bags, poolings,
+                                                   layouts, need_psw)
+        per_shard, at = [], 0
+        for layout in layouts:
+            k = len(layout.divisors)
+            per_shard.append(list(zip(rows[at:at + k], piece_grads[at:at + k])))
+            at += k
+        return per_shard, gpsw
 
 
 class QREmbeddingBagCollection(ExtEmbeddingBagCollection):

@@ -20,10 +20,11 @@ A config implements:
   state_pieces(sharding_type, offsets, sizes) -> [StatePiece] of the view shard
   init_piece_(tensor, piece)             plan-independent init of one piece
   make_shard_state(pieces, offsets, sizes) what the kernels need (a layout)
-  pool_shard(state, weights, ...)        pooled lookup of the shard ([bags, cols])
-  backward_shard(state, grad, weights, ...) -> ([(rows or None, grad)] per piece, psw grad)
-                                         (kinds the kernels run shard by shard; hashed
-                                         shards run through sharding/hashed_batch.py)
+  pool_shard(state, weights, ...)        pooled lookup of one shard ([bags, cols]): the
+                                         unsharded module's forward
+  pool_batch, backward_batch             the sharded kernels: many shards in one call
+                                         (sharding/table_batch.py); optionally
+  sgd_batch_                             the backward pass fused with SGD, in place
 and may set the class attribute
   kernel_group                           tables of one group share a lookup kernel
 """

@@ -27,20 +27,36 @@ class QRShardLayout:
     id_offset: int
     out_dim: int
 
-    def args(self) -> tuple:
-        return (self.op, list(self.divisors), list(self.moduli), list(self.row_starts),
-                list(self.out_cols), self.id_offset)
+    def args(self) -> List[int]:
+        """The layout as the native ops read it: (k, op, id_offset, out_dim), then k
+        divisors, moduli, row_starts and out_cols."""
+        return [len(self.divisors), self.op, self.id_offset, self.out_dim, *self.divisors, *self.moduli,
+                *self.row_starts, *self.out_cols]
 
 
-@torch.library.register_fake("torchrec_ext::qr_bag_forward")
-def _forward_fake(weights, indices, offsets, per_sample_weights, pooling, op, divisors, moduli,
-                  row_starts, out_cols, id_offset, out_dim):
-    return weights[0].new_empty((offsets.shape[0] - 1, out_dim))
+def _flat(layouts: Sequence[QRShardLayout]) -> List[int]:
+    return [v for lay in layouts for v in lay.args()]
 
 
-@torch.library.register_fake("torchrec_ext::qr_bag_backward")
-def _backward_fake(grad_output, weights, indices, offsets, per_sample_weights, pooling, op,
-                   divisors, moduli, row_starts, out_cols, id_offset, psw_grad):
+def _tables(layouts: Sequence[int]):
+    """(pieces, out_dim) of each table of a flat layout list."""
+    out, at = [], 0
+    while at < len(layouts):
+        k = layouts[at]
+        out.append((k, layouts[at + 3]))
+        at += 4 + 4 * k
+    return out
+
+
+@torch.library.register_fake("torchrec_ext::qr_bags_forward")
+def _forward_fake(weights, indices, offsets, per_sample_weights, table_bags, poolings, layouts):
+    return [weights[0].new_empty((table_bags[t + 1] - table_bags[t], dim))
+            for t, (_, dim) in enumerate(_tables(layouts))]
+
+
+@torch.library.register_fake("torchrec_ext::qr_bags_backward")
+def _backward_fake(grad_outputs, weights, indices, offsets, per_sample_weights, table_bags, poolings,
+                   layouts, psw_grad):
     ctx = torch.library.get_ctx()
     rows, grads = [], []
     for w in weights:
@@ -48,39 +64,61 @@ def _backward_fake(grad_output, weights, indices, offsets, per_sample_weights, p
         rows.append(indices.new_empty((touched,)))
         grads.append(w.new_empty((touched, w.shape[1])))
     n = indices.shape[0] if psw_grad else 0
-    return rows, grads, weights[0].new_empty((n,), dtype=torch.float32)
+    return rows, grads, indices.new_empty((n,), dtype=torch.float32)
 
 
 def _setup_context(ctx, inputs, output):
-    weights, indices, offsets, psw, pooling, *layout = inputs
+    weights, indices, offsets, psw, table_bags, poolings, layouts = inputs
     ctx.save_for_backward(indices, offsets, psw, *weights)
-    ctx.pooling = pooling
-    ctx.layout = tuple(layout[:-1])  # out_dim is implied by grad_output
+    ctx.static = (table_bags, poolings, layouts)
 
 
-def _backward(ctx, grad_output):
+def _backward(ctx, grad_outputs):
     indices, offsets, psw, *weights = ctx.saved_tensors
     need_psw = psw is not None and ctx.needs_input_grad[3]
-    rows, grads, gpsw = _ops.qr_bag_backward(
-        grad_output, weights, indices, offsets, psw, ctx.pooling, *ctx.layout, need_psw
+    rows, grads, gpsw = _ops.qr_bags_backward(
+        [g.contiguous() for g in grad_outputs], weights, indices, offsets, psw, *ctx.static, need_psw
     )
     # Autograd wants dense gradients; the sharded kernels use (rows, grads) directly.
     dense = [torch.zeros_like(w).index_copy_(0, r, g) for w, r, g in zip(weights, rows, grads)]
-    return (dense, None, None, gpsw.to(psw.dtype) if need_psw else None,
-            None, *([None] * (len(ctx.layout) + 1)))
+    return (dense, None, None, gpsw.to(psw.dtype) if need_psw else None, None, None, None)
 
 
-torch.library.register_autograd(
-    "torchrec_ext::qr_bag_forward", _backward, setup_context=_setup_context
-)
+torch.library.register_autograd("torchrec_ext::qr_bags_forward", _backward, setup_context=_setup_context)
+
+
+def qr_bags(weights: Sequence[torch.Tensor], indices: torch.Tensor, offsets: torch.Tensor,
+            per_sample_weights: Optional[torch.Tensor], table_bags: Sequence[int],
+            poolings: Sequence[int], layouts: Sequence[QRShardLayout]) -> List[torch.Tensor]:
+    """Pooled lookups of many QR shards in one call. `weights` holds every shard's
+    partition pieces, shard after shard; shard t pools bags table_bags[t] ..
+    table_bags[t + 1] of `offsets`. Differentiable in the weights and the sample weights."""
+    return _ops.qr_bags_forward(list(weights), indices, offsets, per_sample_weights, list(table_bags),
+                                list(poolings), _flat(layouts))
+
+
+def qr_bags_backward(grad_outputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
+                     indices: torch.Tensor, offsets: torch.Tensor,
+                     per_sample_weights: Optional[torch.Tensor], table_bags: Sequence[int],
+                     poolings: Sequence[int], layouts: Sequence[QRShardLayout], psw_grad: bool
+                     ) -> Tuple[List[torch.Tensor], List[torch.Tensor], torch.Tensor]:
+    """Per partition piece (in `weights` order): (touched local rows, their gradient
+    rows); then d/d(per_sample_weights) or empty."""
+    rows, grads, gpsw = _ops.qr_bags_backward(list(grad_outputs), list(weights), indices, offsets,
+                                              per_sample_weights, list(table_bags), list(poolings),
+                                              _flat(layouts), psw_grad)
+    return list(rows), list(grads), gpsw
+
+
+def _one(offsets: torch.Tensor) -> List[int]:
+    return [0, offsets.shape[0] - 1]
 
 
 def qr_bag(weights: Sequence[torch.Tensor], indices: torch.Tensor, offsets: torch.Tensor,
            per_sample_weights: Optional[torch.Tensor], pooling: int,
            layout: QRShardLayout) -> torch.Tensor:
-    """Pooled lookup of a QR table shard; differentiable in the weights and the sample weights."""
-    return _ops.qr_bag_forward(list(weights), indices, offsets, per_sample_weights, pooling,
-                               *layout.args(), layout.out_dim)
+    """Pooled lookup of one QR table shard (the one-table form of `qr_bags`)."""
+    return qr_bags(weights, indices, offsets, per_sample_weights, _one(offsets), [pooling], [layout])[0]
 
 
 def qr_bag_backward(grad_output: torch.Tensor, weights: Sequence[torch.Tensor],
@@ -88,6 +126,6 @@ def qr_bag_backward(grad_output: torch.Tensor, weights: Sequence[torch.Tensor],
                     per_sample_weights: Optional[torch.Tensor], pooling: int,
                     layout: QRShardLayout, psw_grad: bool
                     ) -> Tuple[List[torch.Tensor], List[torch.Tensor], torch.Tensor]:
-    """Per partition piece: (touched local rows, their gradient rows); then d/d(weights)."""
-    return _ops.qr_bag_backward(grad_output, list(weights), indices, offsets, per_sample_weights,
-                                pooling, *layout.args(), psw_grad)
+    """One-table `qr_bags_backward`."""
+    return qr_bags_backward([grad_output], weights, indices, offsets, per_sample_weights, _one(offsets),
+                            [pooling], [layout], psw_grad)

@@ -22,7 +22,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec_ext.modules.collection_base import bags_to_batch_major
 from torchrec_ext.modules.table_kind import StatePiece
 from torchrec_ext.sharding.fused_optim import ExtFusedOptimizer
-from torchrec_ext.sharding.hashed_batch import HashedBatch, batch_shards
+from torchrec_ext.sharding.table_batch import TableBatch, batch_shards
 
 # Key under which a table's torchrec_ext config rides in its per-table fused_params.
 TABLE_KEY = "_torchrec_ext_table"
@@ -36,26 +36,6 @@ def ext_table_config(table: ShardedEmbeddingTable):
 
 def _offsets(meta: Optional[ShardMetadata]) -> Tuple[int, int]:
     return (0, 0) if meta is None else (int(meta.shard_offsets[0]), int(meta.shard_offsets[1]))
-
-
-class _FusedLookup(torch.autograd.Function):
-    """Pooled lookup whose backward applies the fused optimizer to the shard in place."""
-
-    @staticmethod
-    def forward(ctx, anchor, shard, values, offsets, weights):
-        ctx.shard = shard
-        ctx.save_for_backward(values, offsets, weights)
-        ctx.has_weights = weights is not None
-        return shard.pool([w.detach() for w in shard.weights], values, offsets, weights)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        values, offsets, weights = ctx.saved_tensors
-        shard = ctx.shard
-        need_w = ctx.has_weights and ctx.needs_input_grad[4]
-        grads, grad_psw = shard.backward(grad_output, values, offsets, weights if ctx.has_weights else None, need_w)
-        shard.apply_optimizer(grads)
-        return None, None, None, None, grad_psw if need_w else None
 
 
 class LocalShard(nn.Module):
@@ -93,14 +73,6 @@ class LocalShard(nn.Module):
         return ShardMetadata(shard_offsets=list(piece.offsets), shard_sizes=list(piece.sizes),
                              placement=self.metadata.placement)
 
-    def pool(self, weights, values, offsets, per_sample_weights) -> torch.Tensor:
-        return self.config.pool_shard(self.state, weights, values, offsets, per_sample_weights, self.pooling)
-
-    def backward(self, grad_output, values, offsets, per_sample_weights, need_weights_grad):
-        return self.config.backward_shard(self.state, grad_output, [w.detach() for w in self.weights],
-                                          values, offsets, per_sample_weights, self.pooling,
-                                          need_weights_grad)
-
     def apply_optimizer(self, grads) -> None:
         for i, (w, pc, (rows, grad)) in enumerate(zip(self.weights, self.pieces, grads)):
             if pc.replicated and self.replica_sync is not None:
@@ -111,11 +83,6 @@ class LocalShard(nn.Module):
 
     def replica_key(self, index: int) -> str:
         return f"{self.table_name}.{self.pieces[index].name}"
-
-    def forward(self, values, offsets, per_sample_weights, fused: bool) -> torch.Tensor:
-        if fused:
-            return _FusedLookup.apply(self.weights[0], self, values, offsets, per_sample_weights)
-        return self.pool(list(self.weights), values, offsets, per_sample_weights)
 
 
 def _local_shard(table: ShardedEmbeddingTable, pooling: int, device: torch.device,
@@ -152,7 +119,7 @@ class ExtPooledEmbeddingKernel(nn.Module):
             _local_shard(t, 0 if (sum_only or t.pooling == PoolingType.SUM) else 1, device, sharding_type)
             for t in config.embedding_tables
         )
-        # Runs of hashed shards pool in one batched call each (see hashed_batch.py).
+        # Runs of shards of one kind pool in one batched call each (see table_batch.py).
         self._segments = batch_shards(self.shards)  # a plain list: self.shards owns the modules
         self._segment_splits = [s.num_features for s in self._segments]
 
@@ -167,11 +134,11 @@ class ExtPooledEmbeddingKernel(nn.Module):
         for seg, kjt in zip(self._segments, features.split(self._segment_splits)):
             w = kjt.weights_or_none() if weights_on else None
             args = (kjt.values().long(), kjt.offsets().long(), w.float() if w is not None else None)
-            if isinstance(seg, HashedBatch):
+            if isinstance(seg, TableBatch):
                 pooled = seg.forward(*args, batch, self._fused)
                 outs += [bags_to_batch_major(p, s.num_features, batch) for p, s in zip(pooled, seg.shards)]
             else:
-                outs.append(bags_to_batch_major(seg(*args, self._fused), seg.num_features, batch))
+                outs.append(bags_to_batch_major(seg(*args, self._fused), seg.num_features, batch))  # dynamic
         return torch.cat(outs, dim=1)
 
     def local_shards(self) -> Iterator[Tuple[str, str, nn.Parameter, Optional[ShardMetadata]]]:

@@ -1,8 +1,10 @@
-// CPU kernels of the QR / compositional table ops. The forward pass is parallel
-// over bags and composes each id's vector in a per-thread buffer (never a
-// [nnz, dim] tensor). The backward pass produces, per partition, the rows the
-// batch touched and their gradients: positions are grouped by row (a CSR over
-// the unique rows), so each thread owns whole rows and sums without atomics.
+// CPU kernels of the QR / compositional table ops. The ops are batched (one call
+// serves many tables, each with its bags of the shared offsets); a table's forward
+// pass is parallel over its bags and composes each id's vector in a per-thread
+// buffer (never a [nnz, dim] tensor). The backward pass produces, per partition
+// piece, the rows the batch touched and their gradients: positions are grouped by
+// row (a CSR over the unique rows), so each thread owns whole rows and sums
+// without atomics.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -228,101 +230,128 @@ std::vector<const scalar_t*> weight_ptrs(const std::vector<at::Tensor>& ws) {
   return out;
 }
 
-at::Tensor qr_bag_forward_cpu(at::TensorList weights, const at::Tensor& indices,
-                              const at::Tensor& offsets,
-                              const std::optional<at::Tensor>& per_sample_weights,
-                              int64_t pooling, int64_t op, at::IntArrayRef divisors,
-                              at::IntArrayRef moduli, at::IntArrayRef row_starts,
-                              at::IntArrayRef out_cols, int64_t id_offset, int64_t out_dim) {
-  const QRLayout L = make_qr_layout(weights, op, divisors, moduli, row_starts, out_cols,
-                                    id_offset, out_dim);
-  check_qr_bags(indices, offsets, per_sample_weights);
+std::vector<at::Tensor> qr_bags_forward_cpu(at::TensorList weights, const at::Tensor& indices,
+                                             const at::Tensor& offsets,
+                                             const std::optional<at::Tensor>& per_sample_weights,
+                                             at::IntArrayRef table_bags, at::IntArrayRef poolings,
+                                             at::IntArrayRef layouts) {
   auto idx = indices.contiguous();
   auto off = offsets.contiguous();
+  const auto tables = qr_batch_tables(weights, idx, off, per_sample_weights, table_bags, poolings, layouts);
   check_offsets_data(off, idx.numel(), "qr bag");
-  check_ids_in_shard(L, idx);
+  const int64_t* o = off.data_ptr<int64_t>();
+  for (const QRTable& T : tables) check_ids_in_shard(T.L, idx.slice(0, o[T.bag0], o[T.bag1]));
   auto ws = contiguous_all(weights);
   std::optional<at::Tensor> psw;
   if (per_sample_weights) psw = per_sample_weights->contiguous().to(at::kFloat);
-  const int64_t B = off.numel() - 1;
-  auto out = at::empty({B, out_dim}, ws[0].options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ws[0].scalar_type(), "qr_bag_forward_cpu", [&] {
+  std::vector<at::Tensor> outs;
+  for (const QRTable& T : tables) outs.push_back(at::empty({T.bag1 - T.bag0, T.L.out_dim}, ws[0].options()));
+  if (ws.empty()) return outs;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ws[0].scalar_type(), "qr_bags_forward_cpu", [&] {
     auto W = weight_ptrs<scalar_t>(ws);
-    forward_kernel<scalar_t>(L, W.data(), idx.data_ptr<int64_t>(), off.data_ptr<int64_t>(), psw ? psw->data_ptr<float>() : nullptr, B,
-                             pooling == 1, out.data_ptr<scalar_t>());
+    // Table by table, each split across the threads (the tables are small; one call
+    // spares a dispatch and a Python round trip per table).
+    for (size_t t = 0; t < tables.size(); ++t) {
+      const QRTable& T = tables[t];
+      forward_kernel<scalar_t>(T.L, W.data() + T.piece0, idx.data_ptr<int64_t>(), o + T.bag0,
+                               psw ? psw->data_ptr<float>() : nullptr, T.bag1 - T.bag0, T.mean,
+                               outs[t].data_ptr<scalar_t>());
+    }
   });
-  return out;
+  return outs;
 }
 
-std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> qr_bag_backward_cpu(
-    const at::Tensor& grad_output, at::TensorList weights, const at::Tensor& indices,
+// One partition piece of one table in the backward pass: its rows grouped by row.
+struct PieceRows {
+  size_t t;
+  int64_t p;
+  at::Tensor uniq, order, starts;
+};
+
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> qr_bags_backward_cpu(
+    at::TensorList grad_outputs, at::TensorList weights, const at::Tensor& indices,
     const at::Tensor& offsets, const std::optional<at::Tensor>& per_sample_weights,
-    int64_t pooling, int64_t op, at::IntArrayRef divisors, at::IntArrayRef moduli,
-    at::IntArrayRef row_starts, at::IntArrayRef out_cols, int64_t id_offset, bool psw_grad) {
-  const int64_t out_dim = grad_output.dim() == 2 ? grad_output.size(1) : -1;
-  const QRLayout L = make_qr_layout(weights, op, divisors, moduli, row_starts, out_cols,
-                                    id_offset, out_dim);
-  check_qr_bags(indices, offsets, per_sample_weights);
-  check_qr_grad_output(grad_output, offsets);
-  const int64_t B = offsets.numel() - 1, n = indices.numel();
+    at::IntArrayRef table_bags, at::IntArrayRef poolings, at::IntArrayRef layouts, bool psw_grad) {
   auto idx = indices.contiguous();
   auto off = offsets.contiguous();
+  const auto tables = qr_batch_tables(weights, idx, off, per_sample_weights, table_bags, poolings, layouts);
+  const int64_t n = idx.numel();
   check_offsets_data(off, n, "qr bag");
-  auto rows = partition_rows(L, idx);
   auto ws = contiguous_all(weights);
-  auto go = grad_output.contiguous().to(ws[0].scalar_type());
-  // Per position: its bag, and pw / len for MEAN (pw alone for SUM).
+  const auto dtype = ws.empty() ? at::kFloat : ws[0].scalar_type();
+  const auto go = qr_batch_grads(grad_outputs, tables, dtype);
+  const int64_t* o = off.data_ptr<int64_t>();
+  // Per position of a table's bags: its bag within the table, pw / len for MEAN (pw
+  // alone for SUM), and the pooling factor alone.
   auto bag_of = at::empty({n}, idx.options());
   auto pos_scale = at::empty({n}, idx.options().dtype(at::kFloat));
   auto bag_scale = at::empty({n}, idx.options().dtype(at::kFloat));
   {
-    const int64_t* o = off.data_ptr<int64_t>();
     int64_t* bo = bag_of.data_ptr<int64_t>();
     float* ps = pos_scale.data_ptr<float>();
     float* bs = bag_scale.data_ptr<float>();
     auto psw = per_sample_weights ? per_sample_weights->contiguous().to(at::kFloat) : at::Tensor();
     const float* pw = psw.defined() ? psw.data_ptr<float>() : nullptr;
-    for (int64_t b = 0; b < B; ++b) {
-      const float sc = (pooling == 1 && o[b + 1] > o[b]) ? 1.f / static_cast<float>(o[b + 1] - o[b]) : 1.f;
-      for (int64_t i = o[b]; i < o[b + 1]; ++i) {
-        bo[i] = b;
-        bs[i] = sc;
-        ps[i] = sc * (pw ? pw[i] : 1.f);
+    for (const QRTable& T : tables) {
+      for (int64_t b = T.bag0; b < T.bag1; ++b) {
+        const float sc = (T.mean && o[b + 1] > o[b]) ? 1.f / static_cast<float>(o[b + 1] - o[b]) : 1.f;
+        for (int64_t i = o[b]; i < o[b + 1]; ++i) {
+          bo[i] = b - T.bag0;
+          bs[i] = sc;
+          ps[i] = sc * (pw ? pw[i] : 1.f);
+        }
       }
     }
   }
-  std::vector<at::Tensor> uniq_rows, grads;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ws[0].scalar_type(), "qr_bag_backward_cpu", [&] {
-    auto W = weight_ptrs<scalar_t>(ws);
-    for (int64_t p = 0; p < L.k; ++p) {
-      auto [uniq, order, starts] = group_by_row(rows.select(0, p), L.rows[p]);
-      auto grad = at::empty({uniq.numel(), L.cols[p]}, ws[0].options());
-      backward_partition<scalar_t>(L, p, W.data(), rows.data_ptr<int64_t>(), n,
-                                   go.data_ptr<scalar_t>(), bag_of.data_ptr<int64_t>(),
-                                   pos_scale.data_ptr<float>(), order.data_ptr<int64_t>(),
-                                   starts.data_ptr<int64_t>(), uniq.numel(),
-                                   grad.data_ptr<scalar_t>());
-      uniq_rows.push_back(uniq);
-      grads.push_back(grad);
+  // Rows of every table's ids (this checks them), then every piece's rows grouped by
+  // row: the pieces are independent, so the threads take whole pieces.
+  std::vector<at::Tensor> rows;
+  std::vector<PieceRows> pieces;
+  for (size_t t = 0; t < tables.size(); ++t) {
+    rows.push_back(partition_rows(tables[t].L, idx.slice(0, o[tables[t].bag0], o[tables[t].bag1])));
+    for (int64_t p = 0; p < tables[t].L.k; ++p) pieces.push_back({t, p, {}, {}, {}});
+  }
+  at::parallel_for(0, static_cast<int64_t>(pieces.size()), 1, [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u) {
+      PieceRows& pr = pieces[u];
+      std::tie(pr.uniq, pr.order, pr.starts) =
+          group_by_row(rows[pr.t].select(0, pr.p), tables[pr.t].L.rows[pr.p]);
     }
   });
-  auto gpsw = at::zeros({psw_grad ? n : 0}, ws[0].options().dtype(at::kFloat));
-  if (psw_grad && n) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ws[0].scalar_type(), "qr_psw_grad_cpu", [&] {
-      auto W = weight_ptrs<scalar_t>(ws);
-      psw_grad_kernel<scalar_t>(L, W.data(), rows.data_ptr<int64_t>(), n, go.data_ptr<scalar_t>(),
-                                bag_of.data_ptr<int64_t>(), bag_scale.data_ptr<float>(),
-                                gpsw.data_ptr<float>());
-    });
-  }
+  std::vector<at::Tensor> uniq_rows, grads;
+  auto gpsw = at::zeros({psw_grad ? n : 0}, idx.options().dtype(at::kFloat));
+  if (ws.empty()) return {uniq_rows, grads, gpsw};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "qr_bags_backward_cpu", [&] {
+    auto W = weight_ptrs<scalar_t>(ws);
+    for (const PieceRows& pr : pieces) {
+      const QRTable& T = tables[pr.t];
+      const int64_t p0 = o[T.bag0];
+      auto grad = at::empty({pr.uniq.numel(), T.L.cols[pr.p]}, ws[0].options());
+      backward_partition<scalar_t>(T.L, pr.p, W.data() + T.piece0, rows[pr.t].data_ptr<int64_t>(),
+                                   rows[pr.t].size(1), go[pr.t].data_ptr<scalar_t>(),
+                                   bag_of.data_ptr<int64_t>() + p0, pos_scale.data_ptr<float>() + p0,
+                                   pr.order.data_ptr<int64_t>(), pr.starts.data_ptr<int64_t>(),
+                                   pr.uniq.numel(), grad.data_ptr<scalar_t>());
+      uniq_rows.push_back(pr.uniq);
+      grads.push_back(grad);
+    }
+    if (!psw_grad) return;
+    for (size_t t = 0; t < tables.size(); ++t) {
+      const int64_t p0 = o[tables[t].bag0];
+      psw_grad_kernel<scalar_t>(tables[t].L, W.data() + tables[t].piece0, rows[t].data_ptr<int64_t>(),
+                                rows[t].size(1), go[t].data_ptr<scalar_t>(),
+                                bag_of.data_ptr<int64_t>() + p0, bag_scale.data_ptr<float>() + p0,
+                                gpsw.data_ptr<float>() + p0);
+    }
+  });
   return {uniq_rows, grads, gpsw};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(torchrec_ext, CPU, m) {
-  m.impl("qr_bag_forward", &qr_bag_forward_cpu);
-  m.impl("qr_bag_backward", &qr_bag_backward_cpu);
+  m.impl("qr_bags_forward", &qr_bags_forward_cpu);
+  m.impl("qr_bags_backward", &qr_bags_backward_cpu);
 }
 
 }  // namespace torchrec_ext

@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include "../check_inputs.h"
+#include "table_batch.cuh"
 
 namespace torchrec_ext {
 namespace {
@@ -52,17 +53,6 @@ __device__ __forceinline__ Located locate(const HashedLayout& L, uint64_t h0, in
 
 __device__ __forceinline__ bool valid_id(const HashedLayout& L, int64_t id, int64_t regions) {
   return id >= 0 && id / L.rows_per_region < regions;
-}
-
-// The table of global bag b (descriptors sorted by bag0; b >= desc[0].bag0).
-template <typename scalar_t>
-__device__ __forceinline__ int table_of(const TableDesc<scalar_t>* desc, int T, int64_t b) {
-  int lo = 0, hi = T - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (desc[mid].bag0 <= b) lo = mid; else hi = mid - 1;
-  }
-  return lo;
 }
 
 // The bag this warp pools in a launch over bags [first_bag, first_bag + num_bags),
@@ -190,19 +180,17 @@ Launch<scalar_t> describe(const std::vector<HashedLayout>& layouts, const at::Te
                           const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& gos,
                           const std::vector<at::Tensor>& dsts, const at::Device& device) {
   const int T = static_cast<int>(weights.size());
-  auto host = at::empty({static_cast<int64_t>(T * sizeof(TableDesc<scalar_t>))}, at::kByte);
-  auto* d = reinterpret_cast<TableDesc<scalar_t>*>(host.data_ptr<uint8_t>());
+  std::vector<TableDesc<scalar_t>> d;
   for (int t = 0; t < T; ++t) {
-    d[t] = TableDesc<scalar_t>{layouts[t], weights[t].size(1), table_bags[t],
-                               weights[t].size(0) / layouts[t].slots, poolings[t] == 1,
-                               weights[t].data_ptr<scalar_t>(),
-                               outs.empty() ? nullptr : outs[t].data_ptr<scalar_t>(),
-                               gos.empty() ? nullptr : gos[t].data_ptr<scalar_t>(),
-                               dsts.empty() ? nullptr : dsts[t].data_ptr<scalar_t>()};
+    d.push_back(TableDesc<scalar_t>{layouts[t], weights[t].size(1), table_bags[t],
+                                    weights[t].size(0) / layouts[t].slots, poolings[t] == 1,
+                                    weights[t].data_ptr<scalar_t>(),
+                                    outs.empty() ? nullptr : outs[t].data_ptr<scalar_t>(),
+                                    gos.empty() ? nullptr : gos[t].data_ptr<scalar_t>(),
+                                    dsts.empty() ? nullptr : dsts[t].data_ptr<scalar_t>()});
   }
-  auto dev = host.to(device, /*non_blocking=*/false);
-  return {dev, reinterpret_cast<const TableDesc<scalar_t>*>(dev.data_ptr<uint8_t>()), T,
-          table_bags[0], table_bags[T] - table_bags[0]};
+  auto dev = to_device(d, device);
+  return {dev.bytes, dev.ptr, T, table_bags[0], table_bags[T] - table_bags[0]};
 }
 
 std::vector<at::Tensor> hashed_bags_forward_cuda(

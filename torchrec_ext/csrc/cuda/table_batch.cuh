@@ -1,0 +1,41 @@
+// Pieces every batched CUDA op shares: the tables' descriptors copied to the device
+// once per call, and the search for the table that owns a bag (one launch serves
+// all the tables of a call, as FBGEMM's table-batched kernels do).
+#pragma once
+#include <ATen/ATen.h>
+
+#include <cstring>
+#include <vector>
+
+namespace torchrec_ext {
+
+// The index of the table that owns global bag b: descriptors hold a `bag0` (their
+// first bag), sorted ascending, and b >= desc[0].bag0. Empty tables share their
+// bag0 with the next table, and the search picks the last of equals.
+template <typename Desc>
+__device__ __forceinline__ int table_of(const Desc* desc, int T, int64_t b) {
+  int lo = 0, hi = T - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (desc[mid].bag0 <= b) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+// Descriptors on the device; `bytes` keeps them alive until the call returns.
+template <typename Desc>
+struct DeviceDescs {
+  at::Tensor bytes;
+  const Desc* ptr;
+};
+
+template <typename Desc>
+DeviceDescs<Desc> to_device(const std::vector<Desc>& host, const at::Device& device) {
+  const int64_t n = static_cast<int64_t>(host.size() * sizeof(Desc));
+  auto staged = at::empty({n}, at::kByte);
+  if (n) std::memcpy(staged.data_ptr<uint8_t>(), host.data(), n);
+  auto dev = staged.to(device, /*non_blocking=*/false);
+  return {dev, reinterpret_cast<const Desc*>(dev.data_ptr<uint8_t>())};
+}
+
+}  // namespace torchrec_ext
