@@ -20,6 +20,9 @@ OPERATIONS = [
     dict(operation="concat", partition_dims=None),  # filled in per partition count
 ]
 N, D = 1000, 12
+# The CPU backward pass groups positions by row, or sums into per-thread dense copies of
+# small pieces (chosen by size); each test of gradients runs both (CUDA ignores this).
+BACKWARD_PATHS = ["grouped", "dense"]
 
 
 def make_config(part, op, **kw):
@@ -51,7 +54,9 @@ def batch_with_repeats(n, seed):
 @pytest.mark.parametrize("pooling", [0, 1], ids=["sum", "mean"])
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_forward_and_gradients_match_reference(part, op, pooling, weighted, device):
+@pytest.mark.parametrize("path", BACKWARD_PATHS)
+def test_forward_and_gradients_match_reference(part, op, pooling, weighted, device, path, monkeypatch):
+    monkeypatch.setenv("TORCHREC_EXT_QR_BACKWARD", path)
     cfg = make_config(part, op)
     pieces, layout = full_layout(cfg)
     ws = [torch.randn(pc.sizes, dtype=torch.float64) for pc in pieces]
@@ -108,7 +113,9 @@ def test_row_and_column_shards_compute_their_part_of_the_table(op):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_one_batched_call_equals_the_reference_table_by_table(device):
+@pytest.mark.parametrize("path", BACKWARD_PATHS)
+def test_one_batched_call_equals_the_reference_table_by_table(device, path, monkeypatch):
+    monkeypatch.setenv("TORCHREC_EXT_QR_BACKWARD", path)
     """Five shards in one call (mult, add over 3 partitions, concat, an empty table, a
     row-wise shard with an id offset; SUM and MEAN; weighted): outputs, weight gradients
     (touched rows), and psw gradients equal each table's reference alone."""
@@ -187,8 +194,10 @@ def test_kernel_rejects_ids_outside_the_shard():
             qr_bag(ws, torch.tensor([0, bad]), torch.tensor([0, 2]), None, 0, layout)
 
 
-def test_gradients_when_the_table_dwarfs_the_batch():
-    """A quotient table much larger than the batch takes the sort-based grouping path."""
+@pytest.mark.parametrize("path", BACKWARD_PATHS)
+def test_gradients_when_the_table_dwarfs_the_batch(path, monkeypatch):
+    """A quotient table much larger than the batch: the grouped path sorts its rows."""
+    monkeypatch.setenv("TORCHREC_EXT_QR_BACKWARD", path)
     cfg = QREmbeddingBagConfig(name="t", num_embeddings=200_000, embedding_dim=4, num_collisions=2)
     pieces, layout = full_layout(cfg)
     ws = [torch.randn(pc.sizes, dtype=torch.float64) for pc in pieces]

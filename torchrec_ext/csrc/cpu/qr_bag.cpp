@@ -11,6 +11,8 @@
 #include <torch/library.h>
 
 #include <atomic>
+#include <cstdlib>
+#include <string>
 #include <limits>
 #include <vector>
 
@@ -194,6 +196,74 @@ void backward_partition(const QRLayout& L, int64_t p, const scalar_t* const* W,
   });
 }
 
+// The same gradients for small partition tables: each thread walks its share of the
+// positions in order (the output-gradient rows stream instead of being gathered row
+// by row) and sums into its own dense copy of the pieces' gradients; the copies are
+// added up after. Returns, per piece, the touched rows and their gradient rows.
+template <typename scalar_t>
+void backward_dense(const QRLayout& L, const scalar_t* const* W, const int64_t* rows, int64_t n,
+                    const scalar_t* go, const int64_t* bag_of, const float* pos_scale,
+                    std::vector<at::Tensor>& uniq_out, std::vector<at::Tensor>& grad_out,
+                    const at::TensorOptions& opts) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t D = L.out_dim;
+  std::vector<int64_t> base(L.k + 1, 0);  // piece p's rows start at base[p] of a thread's copy
+  for (int64_t p = 0; p < L.k; ++p) base[p + 1] = base[p] + L.rows[p] * L.cols[p];
+  const int64_t threads = at::get_num_threads();
+  std::vector<std::vector<acc_t>> part(threads);
+  at::parallel_for(0, n, 2048, [&](int64_t i0, int64_t i1) {
+    std::vector<acc_t>& acc = part[at::get_thread_num()];
+    if (acc.empty()) acc.assign(base[L.k], acc_t(0));
+    for (int64_t i = i0; i < i1; ++i) {
+      const acc_t sc = static_cast<acc_t>(pos_scale[i]);
+      const scalar_t* g = go + bag_of[i] * D;
+      for (int64_t p = 0; p < L.k; ++p) {
+        const int64_t C = L.cols[p];
+        acc_t* a = acc.data() + base[p] + rows[p * n + i] * C;
+        const scalar_t* gp = g + L.out_col[p];
+        if (L.op == kMult && L.k == 2) {
+          const scalar_t* wq = W[1 - p] + rows[(1 - p) * n + i] * C;
+          for (int64_t j = 0; j < C; ++j)
+            a[j] += sc * static_cast<acc_t>(gp[j]) * static_cast<acc_t>(wq[j]);
+        } else if (L.op == kMult && L.k > 1) {
+          for (int64_t j = 0; j < C; ++j) {
+            acc_t v = sc * static_cast<acc_t>(gp[j]);
+            for (int64_t q = 0; q < L.k; ++q)
+              if (q != p) v *= static_cast<acc_t>(W[q][rows[q * n + i] * C + j]);
+            a[j] += v;
+          }
+        } else {
+          for (int64_t j = 0; j < C; ++j) a[j] += sc * static_cast<acc_t>(gp[j]);
+        }
+      }
+    }
+  });
+  for (int64_t p = 0; p < L.k; ++p) {
+    std::vector<char> touched(L.rows[p], 0);
+    for (int64_t i = 0; i < n; ++i) touched[rows[p * n + i]] = 1;
+    std::vector<int64_t> u;
+    for (int64_t r = 0; r < L.rows[p]; ++r)
+      if (touched[r]) u.push_back(r);
+    const int64_t C = L.cols[p];
+    auto grad = at::empty({static_cast<int64_t>(u.size()), C}, opts);
+    scalar_t* gr = grad.data_ptr<scalar_t>();
+    at::parallel_for(0, static_cast<int64_t>(u.size()), 64, [&](int64_t k0, int64_t k1) {
+      std::vector<acc_t> sum(C);
+      for (int64_t k = k0; k < k1; ++k) {
+        std::fill(sum.begin(), sum.end(), acc_t(0));
+        for (const auto& acc : part) {
+          if (acc.empty()) continue;  // a thread that got no positions
+          const acc_t* src = acc.data() + base[p] + u[k] * C;
+          for (int64_t j = 0; j < C; ++j) sum[j] += src[j];
+        }
+        for (int64_t j = 0; j < C; ++j) gr[k * C + j] = static_cast<scalar_t>(sum[j]);
+      }
+    });
+    uniq_out.push_back(at::tensor(u, opts.dtype(at::kLong)));
+    grad_out.push_back(grad);
+  }
+}
+
 // d(out[bag]) / d(psw[i]) = scale * <grad_out[bag], composed vector of id i>.
 template <typename scalar_t>
 void psw_grad_kernel(const QRLayout& L, const scalar_t* const* W, const int64_t* rows,
@@ -268,6 +338,21 @@ struct PieceRows {
   at::Tensor uniq, order, starts;
 };
 
+// Whether a table's backward pass sums into per-thread dense gradients (backward_dense):
+// when its pieces are no larger than its ids and the copies stay small. The default
+// choice can be forced with TORCHREC_EXT_QR_BACKWARD=grouped|dense (tests run both).
+bool dense_backward(const QRLayout& L, int64_t n) {
+  const char* forced = std::getenv("TORCHREC_EXT_QR_BACKWARD");
+  if (forced && std::string(forced) == "grouped") return false;
+  int64_t rows = 0, elems = 0;
+  for (int64_t p = 0; p < L.k; ++p) {
+    rows += L.rows[p];
+    elems += L.rows[p] * L.cols[p];
+  }
+  if (forced && std::string(forced) == "dense") return true;
+  return rows <= n && elems * at::get_num_threads() <= (int64_t(1) << 24);
+}
+
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> qr_bags_backward_cpu(
     at::TensorList grad_outputs, at::TensorList weights, const at::Tensor& indices,
     const at::Tensor& offsets, const std::optional<at::Tensor>& per_sample_weights,
@@ -307,9 +392,11 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> qr_bags
   // row: the pieces are independent, so the threads take whole pieces.
   std::vector<at::Tensor> rows;
   std::vector<PieceRows> pieces;
+  std::vector<bool> dense;
   for (size_t t = 0; t < tables.size(); ++t) {
     rows.push_back(partition_rows(tables[t].L, idx.slice(0, o[tables[t].bag0], o[tables[t].bag1])));
-    for (int64_t p = 0; p < tables[t].L.k; ++p) pieces.push_back({t, p, {}, {}, {}});
+    dense.push_back(dense_backward(tables[t].L, rows[t].size(1)));
+    for (int64_t p = 0; p < tables[t].L.k && !dense[t]; ++p) pieces.push_back({t, p, {}, {}, {}});
   }
   at::parallel_for(0, static_cast<int64_t>(pieces.size()), 1, [&](int64_t u0, int64_t u1) {
     for (int64_t u = u0; u < u1; ++u) {
@@ -318,11 +405,24 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> qr_bags
           group_by_row(rows[pr.t].select(0, pr.p), tables[pr.t].L.rows[pr.p]);
     }
   });
-  std::vector<at::Tensor> uniq_rows, grads;
+  std::vector<at::Tensor> uniq_rows(ws.size()), grads(ws.size());  // in weights order
   auto gpsw = at::zeros({psw_grad ? n : 0}, idx.options().dtype(at::kFloat));
   if (ws.empty()) return {uniq_rows, grads, gpsw};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "qr_bags_backward_cpu", [&] {
     auto W = weight_ptrs<scalar_t>(ws);
+    for (size_t t = 0; t < tables.size(); ++t) {
+      if (!dense[t]) continue;
+      const QRTable& T = tables[t];
+      const int64_t p0 = o[T.bag0];
+      std::vector<at::Tensor> u, g;
+      backward_dense<scalar_t>(T.L, W.data() + T.piece0, rows[t].data_ptr<int64_t>(), rows[t].size(1),
+                               go[t].data_ptr<scalar_t>(), bag_of.data_ptr<int64_t>() + p0,
+                               pos_scale.data_ptr<float>() + p0, u, g, ws[0].options());
+      for (int64_t p = 0; p < T.L.k; ++p) {
+        uniq_rows[T.piece0 + p] = u[p];
+        grads[T.piece0 + p] = g[p];
+      }
+    }
     for (const PieceRows& pr : pieces) {
       const QRTable& T = tables[pr.t];
       const int64_t p0 = o[T.bag0];
@@ -332,8 +432,8 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> qr_bags
                                    bag_of.data_ptr<int64_t>() + p0, pos_scale.data_ptr<float>() + p0,
                                    pr.order.data_ptr<int64_t>(), pr.starts.data_ptr<int64_t>(),
                                    pr.uniq.numel(), grad.data_ptr<scalar_t>());
-      uniq_rows.push_back(pr.uniq);
-      grads.push_back(grad);
+      uniq_rows[T.piece0 + pr.p] = pr.uniq;
+      grads[T.piece0 + pr.p] = grad;
     }
     if (!psw_grad) return;
     for (size_t t = 0; t < tables.size(); ++t) {
