@@ -12,6 +12,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from torchrec_ext.ops import _native
+from torchrec_ext.ops.batched import bag_counts, flat_layouts, one_table, register_batched_autograd
 
 _native.load()
 _ops = torch.ops.torchrec_ext
@@ -36,17 +37,9 @@ class HashedShardLayout:
                 self.col_offset, self.seed, int(self.signed)]
 
 
-def _flat(layouts: Sequence[HashedShardLayout]) -> List[int]:
-    return [v for lay in layouts for v in lay.args()]
-
-
-def _bag_counts(table_bags):
-    return [table_bags[t + 1] - table_bags[t] for t in range(len(table_bags) - 1)]
-
-
 @torch.library.register_fake("torchrec_ext::hashed_bags_forward")
 def _forward_fake(weights, indices, offsets, per_sample_weights, table_bags, poolings, layouts):
-    return [w.new_empty((n, w.shape[1])) for w, n in zip(weights, _bag_counts(table_bags))]
+    return [w.new_empty((n, w.shape[1])) for w, n in zip(weights, bag_counts(table_bags))]
 
 
 @torch.library.register_fake("torchrec_ext::hashed_bags_backward")
@@ -68,22 +61,7 @@ def _coord_uniform_fake(weight, row_offset, col_offset, seed, low, high):
     return weight
 
 
-def _setup_context(ctx, inputs, output):
-    weights, indices, offsets, psw, table_bags, poolings, layouts = inputs
-    ctx.save_for_backward(indices, offsets, psw, *weights)
-    ctx.static = (table_bags, poolings, layouts)
-
-
-def _backward(ctx, grad_outputs):
-    indices, offsets, psw, *weights = ctx.saved_tensors
-    need_psw = psw is not None and ctx.needs_input_grad[3]
-    gw, gpsw = _ops.hashed_bags_backward(
-        [g.contiguous() for g in grad_outputs], weights, indices, offsets, psw, *ctx.static, need_psw
-    )
-    return (list(gw), None, None, gpsw.to(psw.dtype) if need_psw else None, None, None, None)
-
-
-torch.library.register_autograd("torchrec_ext::hashed_bags_forward", _backward, setup_context=_setup_context)
+register_batched_autograd("torchrec_ext::hashed_bags_forward", _ops.hashed_bags_backward)
 
 
 def hashed_bags(weights: Sequence[torch.Tensor], indices: torch.Tensor, offsets: torch.Tensor,
@@ -92,7 +70,7 @@ def hashed_bags(weights: Sequence[torch.Tensor], indices: torch.Tensor, offsets:
     """Pooled lookups of many hashed shards in one call; table t pools bags
     table_bags[t] .. table_bags[t + 1] of `offsets`. Differentiable in weights and psw."""
     return _ops.hashed_bags_forward(list(weights), indices, offsets, per_sample_weights, list(table_bags),
-                                    list(poolings), _flat(layouts))
+                                    list(poolings), flat_layouts(layouts))
 
 
 def hashed_bags_backward(grad_outputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
@@ -101,7 +79,7 @@ def hashed_bags_backward(grad_outputs: Sequence[torch.Tensor], weights: Sequence
                          poolings: Sequence[int], layouts: Sequence[HashedShardLayout], psw_grad: bool):
     """(dense weight gradient per table, psw gradient or empty) of `hashed_bags`."""
     gw, gpsw = _ops.hashed_bags_backward(list(grad_outputs), list(weights), indices, offsets, per_sample_weights,
-                                         list(table_bags), list(poolings), _flat(layouts), psw_grad)
+                                         list(table_bags), list(poolings), flat_layouts(layouts), psw_grad)
     return list(gw), gpsw
 
 
@@ -113,25 +91,21 @@ def hashed_bags_sgd_(weights: Sequence[torch.Tensor], grad_outputs: Sequence[tor
     """Backward fused with SGD: `weight -= lr * grad_weight` in place for every table, with
     no dense gradient. Returns the psw gradient (from the weights before the update) or empty."""
     return _ops.hashed_bags_sgd_(list(weights), list(grad_outputs), indices, offsets, per_sample_weights,
-                                 list(table_bags), list(poolings), _flat(layouts), lr, psw_grad)
-
-
-def _one(offsets: torch.Tensor) -> List[int]:
-    return [0, offsets.shape[0] - 1]
+                                 list(table_bags), list(poolings), flat_layouts(layouts), lr, psw_grad)
 
 
 def hashed_bag(weight: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor,
                per_sample_weights: Optional[torch.Tensor], pooling: int,
                layout: HashedShardLayout) -> torch.Tensor:
     """Pooled lookup of one hashed table shard; differentiable in weight and weights."""
-    return hashed_bags([weight], indices, offsets, per_sample_weights, _one(offsets), [pooling], [layout])[0]
+    return hashed_bags([weight], indices, offsets, per_sample_weights, one_table(offsets), [pooling], [layout])[0]
 
 
 def hashed_bag_sgd_(weight: torch.Tensor, grad_output: torch.Tensor, indices: torch.Tensor,
                     offsets: torch.Tensor, per_sample_weights: Optional[torch.Tensor], pooling: int,
                     layout: HashedShardLayout, lr: float, psw_grad: bool) -> torch.Tensor:
     """One-table `hashed_bags_sgd_`."""
-    return hashed_bags_sgd_([weight], [grad_output], indices, offsets, per_sample_weights, _one(offsets),
+    return hashed_bags_sgd_([weight], [grad_output], indices, offsets, per_sample_weights, one_table(offsets),
                             [pooling], [layout], lr, psw_grad)
 
 

@@ -8,6 +8,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from torchrec_ext.ops import _native
+from torchrec_ext.ops.batched import bag_counts, flat_layouts, one_table, register_batched_autograd
 
 _native.load()
 _ops = torch.ops.torchrec_ext
@@ -34,10 +35,6 @@ class QRShardLayout:
                 *self.row_starts, *self.out_cols]
 
 
-def _flat(layouts: Sequence[QRShardLayout]) -> List[int]:
-    return [v for lay in layouts for v in lay.args()]
-
-
 def _tables(layouts: Sequence[int]):
     """(pieces, out_dim) of each table of a flat layout list."""
     out, at = [], 0
@@ -50,8 +47,7 @@ def _tables(layouts: Sequence[int]):
 
 @torch.library.register_fake("torchrec_ext::qr_bags_forward")
 def _forward_fake(weights, indices, offsets, per_sample_weights, table_bags, poolings, layouts):
-    return [weights[0].new_empty((table_bags[t + 1] - table_bags[t], dim))
-            for t, (_, dim) in enumerate(_tables(layouts))]
+    return [weights[0].new_empty((n, dim)) for n, (_, dim) in zip(bag_counts(table_bags), _tables(layouts))]
 
 
 @torch.library.register_fake("torchrec_ext::qr_bags_backward")
@@ -67,24 +63,13 @@ def _backward_fake(grad_outputs, weights, indices, offsets, per_sample_weights, 
     return rows, grads, indices.new_empty((n,), dtype=torch.float32)
 
 
-def _setup_context(ctx, inputs, output):
-    weights, indices, offsets, psw, table_bags, poolings, layouts = inputs
-    ctx.save_for_backward(indices, offsets, psw, *weights)
-    ctx.static = (table_bags, poolings, layouts)
-
-
-def _backward(ctx, grad_outputs):
-    indices, offsets, psw, *weights = ctx.saved_tensors
-    need_psw = psw is not None and ctx.needs_input_grad[3]
-    rows, grads, gpsw = _ops.qr_bags_backward(
-        [g.contiguous() for g in grad_outputs], weights, indices, offsets, psw, *ctx.static, need_psw
-    )
+def _dense_weight_grads(grad_outputs, weights, *args):
+    rows, grads, gpsw = _ops.qr_bags_backward(grad_outputs, weights, *args)
     # Autograd wants dense gradients; the sharded kernels use (rows, grads) directly.
-    dense = [torch.zeros_like(w).index_copy_(0, r, g) for w, r, g in zip(weights, rows, grads)]
-    return (dense, None, None, gpsw.to(psw.dtype) if need_psw else None, None, None, None)
+    return [torch.zeros_like(w).index_copy_(0, r, g) for w, r, g in zip(weights, rows, grads)], gpsw
 
 
-torch.library.register_autograd("torchrec_ext::qr_bags_forward", _backward, setup_context=_setup_context)
+register_batched_autograd("torchrec_ext::qr_bags_forward", _dense_weight_grads)
 
 
 def qr_bags(weights: Sequence[torch.Tensor], indices: torch.Tensor, offsets: torch.Tensor,
@@ -94,7 +79,7 @@ def qr_bags(weights: Sequence[torch.Tensor], indices: torch.Tensor, offsets: tor
     partition pieces, shard after shard; shard t pools bags table_bags[t] ..
     table_bags[t + 1] of `offsets`. Differentiable in the weights and the sample weights."""
     return _ops.qr_bags_forward(list(weights), indices, offsets, per_sample_weights, list(table_bags),
-                                list(poolings), _flat(layouts))
+                                list(poolings), flat_layouts(layouts))
 
 
 def qr_bags_backward(grad_outputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
@@ -106,19 +91,15 @@ def qr_bags_backward(grad_outputs: Sequence[torch.Tensor], weights: Sequence[tor
     rows); then d/d(per_sample_weights) or empty."""
     rows, grads, gpsw = _ops.qr_bags_backward(list(grad_outputs), list(weights), indices, offsets,
                                               per_sample_weights, list(table_bags), list(poolings),
-                                              _flat(layouts), psw_grad)
+                                              flat_layouts(layouts), psw_grad)
     return list(rows), list(grads), gpsw
-
-
-def _one(offsets: torch.Tensor) -> List[int]:
-    return [0, offsets.shape[0] - 1]
 
 
 def qr_bag(weights: Sequence[torch.Tensor], indices: torch.Tensor, offsets: torch.Tensor,
            per_sample_weights: Optional[torch.Tensor], pooling: int,
            layout: QRShardLayout) -> torch.Tensor:
     """Pooled lookup of one QR table shard (the one-table form of `qr_bags`)."""
-    return qr_bags(weights, indices, offsets, per_sample_weights, _one(offsets), [pooling], [layout])[0]
+    return qr_bags(weights, indices, offsets, per_sample_weights, one_table(offsets), [pooling], [layout])[0]
 
 
 def qr_bag_backward(grad_output: torch.Tensor, weights: Sequence[torch.Tensor],
@@ -127,5 +108,5 @@ def qr_bag_backward(grad_output: torch.Tensor, weights: Sequence[torch.Tensor],
                     layout: QRShardLayout, psw_grad: bool
                     ) -> Tuple[List[torch.Tensor], List[torch.Tensor], torch.Tensor]:
     """One-table `qr_bags_backward`."""
-    return qr_bags_backward([grad_output], weights, indices, offsets, per_sample_weights, _one(offsets),
+    return qr_bags_backward([grad_output], weights, indices, offsets, per_sample_weights, one_table(offsets),
                             [pooling], [layout], psw_grad)

@@ -66,9 +66,12 @@ inline int64_t insert_key(int64_t* sk, int64_t* sr, int64_t mask, int64_t key,
   return -1;
 }
 
-at::Tensor hash_index_find_cpu(const at::Tensor& slot_keys, const at::Tensor& slot_rows,
-                               const at::Tensor& keys_in) {
-  check_index_op(slot_keys, slot_rows, keys_in, "hash_index_find");
+// One value per key from its slot (-1 when the key is absent): fn(slot row cell) -> value.
+// The shared walk of find and erase.
+template <typename Fn>
+at::Tensor per_key_slot(const at::Tensor& slot_keys, const at::Tensor& slot_rows,
+                        const at::Tensor& keys_in, const char* op, Fn&& fn) {
+  check_index_op(slot_keys, slot_rows, keys_in, op);
   const at::Tensor keys = keys_in.contiguous();
   at::Tensor out = at::empty_like(keys);
   const int64_t* sk = slot_keys.data_ptr<int64_t>();
@@ -79,10 +82,16 @@ at::Tensor hash_index_find_cpu(const at::Tensor& slot_keys, const at::Tensor& sl
   at::parallel_for(0, keys.numel(), 1024, [&](int64_t a, int64_t b) {
     for (int64_t n = a; n < b; ++n) {
       const int64_t s = find_slot(sk, sr, mask, k[n]);
-      o[n] = s < 0 ? -1 : Ref(sr[s]).load(std::memory_order_acquire);
+      o[n] = s < 0 ? -1 : fn(sr[s]);
     }
   });
   return out;
+}
+
+at::Tensor hash_index_find_cpu(const at::Tensor& slot_keys, const at::Tensor& slot_rows,
+                               const at::Tensor& keys) {
+  return per_key_slot(slot_keys, slot_rows, keys, "hash_index_find",
+                      [](int64_t& cell) { return Ref(cell).load(std::memory_order_acquire); });
 }
 
 std::tuple<at::Tensor, at::Tensor> hash_index_insert_cpu(
@@ -114,28 +123,13 @@ std::tuple<at::Tensor, at::Tensor> hash_index_insert_cpu(
 
 // Erases keys; returns each key's freed row, or -1 (absent, or a repeat).
 at::Tensor hash_index_erase_cpu(const at::Tensor& slot_keys, const at::Tensor& slot_rows,
-                                const at::Tensor& keys_in) {
-  check_index_op(slot_keys, slot_rows, keys_in, "hash_index_erase_");
-  const at::Tensor keys = keys_in.contiguous();
-  at::Tensor out = at::empty_like(keys);
-  const int64_t* sk = slot_keys.data_ptr<int64_t>();
-  int64_t* sr = slot_rows.data_ptr<int64_t>();
-  const int64_t mask = slot_keys.numel() - 1;
-  const int64_t* k = keys.data_ptr<int64_t>();
-  int64_t* o = out.data_ptr<int64_t>();
-  at::parallel_for(0, keys.numel(), 1024, [&](int64_t a, int64_t b) {
-    for (int64_t n = a; n < b; ++n) {
-      o[n] = -1;
-      const int64_t s = find_slot(sk, sr, mask, k[n]);
-      if (s < 0) continue;
-      int64_t row = Ref(sr[s]).load(std::memory_order_acquire);
-      while (row >= 0 &&
-             !Ref(sr[s]).compare_exchange_weak(row, kSlotErased, std::memory_order_acq_rel)) {
-      }
-      if (row >= 0) o[n] = row;
+                                const at::Tensor& keys) {
+  return per_key_slot(slot_keys, slot_rows, keys, "hash_index_erase_", [](int64_t& cell) {
+    int64_t row = Ref(cell).load(std::memory_order_acquire);
+    while (row >= 0 && !Ref(cell).compare_exchange_weak(row, kSlotErased, std::memory_order_acq_rel)) {
     }
+    return row >= 0 ? row : int64_t(-1);
   });
-  return out;
 }
 
 // A fresh index of `capacity` slots holding the live (key, row) pairs; the

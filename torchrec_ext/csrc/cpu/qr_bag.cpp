@@ -158,8 +158,30 @@ void forward_kernel(const QRLayout& L, const scalar_t* const* W, const int64_t* 
   });
 }
 
-// Gradient rows of partition p: uniq rows u get sum over their positions of
-// pw * grad_out[bag] (times the other partitions' rows for mult).
+// a[0, C) += sc * g[0, C), times the other partitions' rows of id i for mult: what
+// position i adds to partition p's gradient row (g: its bag's output-gradient columns
+// of p). Both backward paths sum these.
+template <typename scalar_t, typename acc_t>
+inline void add_contribution(const QRLayout& L, int64_t p, const scalar_t* const* W,
+                             const int64_t* rows, int64_t n, int64_t i, acc_t sc,
+                             const scalar_t* __restrict g, acc_t* __restrict a) {
+  const int64_t C = L.cols[p];
+  if (L.op == kMult && L.k == 2) {
+    const scalar_t* wq = W[1 - p] + rows[(1 - p) * n + i] * C;
+    for (int64_t j = 0; j < C; ++j) a[j] += sc * static_cast<acc_t>(g[j]) * static_cast<acc_t>(wq[j]);
+  } else if (L.op == kMult && L.k > 1) {
+    for (int64_t j = 0; j < C; ++j) {
+      acc_t v = sc * static_cast<acc_t>(g[j]);
+      for (int64_t q = 0; q < L.k; ++q)
+        if (q != p) v *= static_cast<acc_t>(W[q][rows[q * n + i] * C + j]);
+      a[j] += v;
+    }
+  } else {
+    for (int64_t j = 0; j < C; ++j) a[j] += sc * static_cast<acc_t>(g[j]);
+  }
+}
+
+// Gradient rows of partition p: uniq rows u get the contributions of their positions.
 template <typename scalar_t>
 void backward_partition(const QRLayout& L, int64_t p, const scalar_t* const* W,
                         const int64_t* rows, int64_t n, const scalar_t* go,
@@ -168,28 +190,13 @@ void backward_partition(const QRLayout& L, int64_t p, const scalar_t* const* W,
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t D = L.out_dim, C = L.cols[p];
   at::parallel_for(0, num_unique, 8, [&](int64_t u0, int64_t u1) {
-    std::vector<acc_t> acc(C), other(C);
+    std::vector<acc_t> acc(C);
     for (int64_t u = u0; u < u1; ++u) {
       std::fill(acc.begin(), acc.end(), acc_t(0));
       for (int64_t t = starts[u]; t < starts[u + 1]; ++t) {
         const int64_t i = order[t];
-        const acc_t sc = static_cast<acc_t>(pos_scale[i]);
-        const scalar_t* g = go + bag_of[i] * D + L.out_col[p];
-        if (L.op == kMult && L.k == 2) {
-          const scalar_t* wq = W[1 - p] + rows[(1 - p) * n + i] * C;
-          for (int64_t j = 0; j < C; ++j)
-            acc[j] += sc * static_cast<acc_t>(g[j]) * static_cast<acc_t>(wq[j]);
-        } else if (L.op == kMult && L.k > 1) {
-          std::fill(other.begin(), other.end(), acc_t(1));
-          for (int64_t q = 0; q < L.k; ++q) {
-            if (q == p) continue;
-            const scalar_t* wq = W[q] + rows[q * n + i] * C;
-            for (int64_t j = 0; j < C; ++j) other[j] *= static_cast<acc_t>(wq[j]);
-          }
-          for (int64_t j = 0; j < C; ++j) acc[j] += sc * static_cast<acc_t>(g[j]) * other[j];
-        } else {
-          for (int64_t j = 0; j < C; ++j) acc[j] += sc * static_cast<acc_t>(g[j]);
-        }
+        add_contribution(L, p, W, rows, n, i, static_cast<acc_t>(pos_scale[i]),
+                         go + bag_of[i] * D + L.out_col[p], acc.data());
       }
       for (int64_t j = 0; j < C; ++j) grad[u * C + j] = static_cast<scalar_t>(acc[j]);
     }
@@ -218,23 +225,8 @@ void backward_dense(const QRLayout& L, const scalar_t* const* W, const int64_t* 
       const acc_t sc = static_cast<acc_t>(pos_scale[i]);
       const scalar_t* g = go + bag_of[i] * D;
       for (int64_t p = 0; p < L.k; ++p) {
-        const int64_t C = L.cols[p];
-        acc_t* a = acc.data() + base[p] + rows[p * n + i] * C;
-        const scalar_t* gp = g + L.out_col[p];
-        if (L.op == kMult && L.k == 2) {
-          const scalar_t* wq = W[1 - p] + rows[(1 - p) * n + i] * C;
-          for (int64_t j = 0; j < C; ++j)
-            a[j] += sc * static_cast<acc_t>(gp[j]) * static_cast<acc_t>(wq[j]);
-        } else if (L.op == kMult && L.k > 1) {
-          for (int64_t j = 0; j < C; ++j) {
-            acc_t v = sc * static_cast<acc_t>(gp[j]);
-            for (int64_t q = 0; q < L.k; ++q)
-              if (q != p) v *= static_cast<acc_t>(W[q][rows[q * n + i] * C + j]);
-            a[j] += v;
-          }
-        } else {
-          for (int64_t j = 0; j < C; ++j) a[j] += sc * static_cast<acc_t>(gp[j]);
-        }
+        add_contribution(L, p, W, rows, n, i, sc, g + L.out_col[p],
+                         acc.data() + base[p] + rows[p * n + i] * L.cols[p]);
       }
     }
   });

@@ -16,9 +16,6 @@
 namespace torchrec_ext {
 namespace {
 
-constexpr int kWarp = 32;
-constexpr int kWarpsPerBlock = 4;
-
 // One table of a batched call, as the kernels see it.
 template <typename scalar_t>
 struct TableDesc {
@@ -55,33 +52,12 @@ __device__ __forceinline__ bool valid_id(const HashedLayout& L, int64_t id, int6
   return id >= 0 && id / L.rows_per_region < regions;
 }
 
-// The bag this warp pools in a launch over bags [first_bag, first_bag + num_bags),
-// with its table, ids [s, e) and pooling factor; ok is false past the last bag.
-template <typename scalar_t>
-struct WarpBag {
-  bool ok;
-  int64_t b, s, e;
-  const TableDesc<scalar_t>* d;
-  float scale;
-};
-
-template <typename scalar_t>
-__device__ __forceinline__ WarpBag<scalar_t> warp_bag(const TableDesc<scalar_t>* desc, int T,
-                                                      int64_t first_bag, int64_t num_bags,
-                                                      const int64_t* off) {
-  const int64_t b = first_bag + static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.y;
-  if (b >= first_bag + num_bags) return {false, b, 0, 0, nullptr, 0.f};
-  const TableDesc<scalar_t>* d = &desc[table_of(desc, T, b)];
-  const int64_t s = off[b], e = off[b + 1];
-  return {true, b, s, e, d, (d->mean && e > s) ? 1.0f / static_cast<float>(e - s) : 1.0f};
-}
-
 template <typename scalar_t>
 __global__ void forward_kernel(const TableDesc<scalar_t>* __restrict__ desc, int T,
                                int64_t first_bag, int64_t num_bags,
                                const int64_t* __restrict__ idx, const int64_t* __restrict__ off,
                                const float* __restrict__ psw) {
-  const WarpBag<scalar_t> wb = warp_bag(desc, T, first_bag, num_bags, off);
+  const auto wb = warp_bag(desc, T, first_bag, num_bags, off);
   if (!wb.ok) return;
   const TableDesc<scalar_t>& d = *wb.d;
   const HashedLayout& L = d.L;
@@ -105,7 +81,7 @@ __global__ void backward_kernel(const TableDesc<scalar_t>* __restrict__ desc, in
                                 int64_t first_bag, int64_t num_bags,
                                 const int64_t* __restrict__ idx, const int64_t* __restrict__ off,
                                 const float* __restrict__ psw, float alpha) {
-  const WarpBag<scalar_t> wb = warp_bag(desc, T, first_bag, num_bags, off);
+  const auto wb = warp_bag(desc, T, first_bag, num_bags, off);
   if (!wb.ok) return;
   const TableDesc<scalar_t>& d = *wb.d;
   const HashedLayout& L = d.L;
@@ -130,7 +106,7 @@ __global__ void psw_grad_kernel(const TableDesc<scalar_t>* __restrict__ desc, in
                                 int64_t first_bag, int64_t num_bags,
                                 const int64_t* __restrict__ idx, const int64_t* __restrict__ off,
                                 float* __restrict__ gpsw) {
-  const WarpBag<scalar_t> wb = warp_bag(desc, T, first_bag, num_bags, off);
+  const auto wb = warp_bag(desc, T, first_bag, num_bags, off);
   if (!wb.ok) return;
   const TableDesc<scalar_t>& d = *wb.d;
   const HashedLayout& L = d.L;

@@ -19,9 +19,6 @@
 namespace torchrec_ext {
 namespace {
 
-constexpr int kWarp = 32;
-constexpr int kWarpsPerBlock = 4;
-
 // One table of a batched call, as the kernels see it.
 template <typename scalar_t>
 struct QRDesc {
@@ -65,21 +62,15 @@ __device__ __forceinline__ float element(const QRDesc<scalar_t>& d, const int64_
   return v;
 }
 
-// Global bag of this warp in a launch over bags [first_bag, first_bag + num_bags), or -1.
-__device__ __forceinline__ int64_t warp_bag(int64_t first_bag, int64_t num_bags) {
-  const int64_t b = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.y;
-  return b < num_bags ? first_bag + b : -1;
-}
-
 template <typename scalar_t>
 __global__ void forward_kernel(const QRDesc<scalar_t>* __restrict__ desc, int T, int64_t first_bag,
                                int64_t num_bags, const int64_t* __restrict__ idx,
                                const int64_t* __restrict__ off, const float* __restrict__ psw) {
-  const int64_t b = warp_bag(first_bag, num_bags);
-  if (b < 0) return;
-  const QRDesc<scalar_t>& d = desc[table_of(desc, T, b)];
-  const int64_t s = off[b], e = off[b + 1], D = d.L.out_dim;
-  const float scale = (d.mean && e > s) ? 1.0f / static_cast<float>(e - s) : 1.0f;
+  const auto wb = warp_bag(desc, T, first_bag, num_bags, off);
+  if (!wb.ok) return;
+  const QRDesc<scalar_t>& d = *wb.d;
+  const int64_t b = wb.b, s = wb.s, e = wb.e, D = d.L.out_dim;
+  const float scale = wb.scale;
   int64_t r[kMaxPartitions];
   for (int64_t j0 = 0; j0 < D; j0 += kWarp) {
     const int64_t j = j0 + threadIdx.x;
@@ -270,13 +261,12 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> qr_bags
     auto [uniq, inverse, counts] = at::_unique2(keys, /*sorted=*/true, /*return_inverse=*/true,
                                                 /*return_counts=*/false);
     // Each piece's unique keys are one run of the sorted keys (-1, if any, comes first).
-    auto on_device = [&](const std::vector<int64_t>& v) {
-      return at::tensor(v, idx.options().device(at::kCPU)).to(idx.device());
-    };
-    auto lo = at::searchsorted(uniq, on_device(key0)).cpu();
-    auto hi = at::searchsorted(uniq, on_device(key_end)).cpu();
-    const int64_t* l = lo.data_ptr<int64_t>();
-    const int64_t* h = hi.data_ptr<int64_t>();
+    std::vector<int64_t> bounds(key0);
+    bounds.insert(bounds.end(), key_end.begin(), key_end.end());
+    auto found = at::searchsorted(uniq, at::tensor(bounds, idx.options().device(at::kCPU)).to(idx.device()))
+                     .cpu();  // one sync for every piece's run
+    const int64_t* l = found.data_ptr<int64_t>();
+    const int64_t* h = l + key0.size();
     int64_t total = 0;
     for (size_t t = 0, u = 0; t < tables.size(); ++t)
       for (int64_t p = 0; p < tables[t].L.k; ++p, ++u) total += (h[u] - l[u]) * tables[t].L.cols[p];

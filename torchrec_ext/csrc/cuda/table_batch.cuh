@@ -22,6 +22,31 @@ __device__ __forceinline__ int table_of(const Desc* desc, int T, int64_t b) {
   return lo;
 }
 
+// Batched bag kernels run one warp per bag, kWarpsPerBlock warps per block.
+constexpr int kWarp = 32;
+constexpr int kWarpsPerBlock = 4;
+
+// The bag this warp pools in a launch over bags [first_bag, first_bag + num_bags),
+// with its table's descriptor, ids [s, e) and pooling factor (descriptors hold a
+// `mean` flag); ok is false past the last bag.
+template <typename Desc>
+struct WarpBag {
+  bool ok;
+  int64_t b, s, e;
+  const Desc* d;
+  float scale;
+};
+
+template <typename Desc>
+__device__ __forceinline__ WarpBag<Desc> warp_bag(const Desc* desc, int T, int64_t first_bag,
+                                                  int64_t num_bags, const int64_t* off) {
+  const int64_t b = first_bag + static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.y;
+  if (b >= first_bag + num_bags) return {false, b, 0, 0, nullptr, 0.f};
+  const Desc* d = &desc[table_of(desc, T, b)];
+  const int64_t s = off[b], e = off[b + 1];
+  return {true, b, s, e, d, (d->mean && e > s) ? 1.0f / static_cast<float>(e - s) : 1.0f};
+}
+
 // Descriptors on the device; `bytes` keeps them alive until the call returns.
 template <typename Desc>
 struct DeviceDescs {
