@@ -33,6 +33,7 @@ VARIANTS = {
     "qr_add": "QR, m=1000, add",
     "qr_concat": "QR, m=1000, concat",
     "dynamic_warm": "dynamic hashtable, warm: every id already has a row",
+    "dynamic_warm_per_table": "dynamic_warm with table batching off: one native call per table",
     "dynamic_cold": "dynamic hashtable, cold: every id is new (all inserts)",
     "dynamic_lifecycle": "dynamic, admit at 2nd sighting, LFU at capacity rows/2",
 }
@@ -170,7 +171,7 @@ def run_variant(variant: str, args) -> dict:
 
     batches = [b.to(device) for b in batches]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    warmup = max(args.warmup, len(batches)) if variant == "dynamic_warm" else args.warmup  # all ids seen
+    warmup = max(args.warmup, len(batches)) if variant.startswith("dynamic_warm") else args.warmup  # all ids seen
     for i in range(warmup):
         step(batches[i % len(batches)])
     if variant == "dynamic_cold":  # every timed step brings ids no step has seen

@@ -38,10 +38,10 @@ from torchrec_ext.sharding import DynamicEmbeddingBagCollectionSharder, get_shar
 PER_RANK_BATCH = 4
 LR = 0.1
 FUSED = {"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": LR}
-DYNAMIC_TABLES = ["d_users", "d_items"]
+DYNAMIC_TABLES = ["d_users", "d_items", "d_ctx"]
 TABLES = ["std0", "h_elem", "q_mult"] + DYNAMIC_TABLES
-FEATURES = ["f_std", "f_a", "f_q", "f_u", "f_i", "f_shared"]
-OUT_DIM = 16 * 5 + 8 * 2
+FEATURES = ["f_std", "f_a", "f_q", "f_u", "f_i", "f_shared", "f_c"]
+OUT_DIM = 16 * 5 + 8 * 3
 
 
 DYNAMIC_OPTIMIZERS = {"sgd": EmbOptimType.EXACT_SGD, "adam": EmbOptimType.ADAM,
@@ -54,7 +54,9 @@ def dynamic_fused(optimizer: str):
 
 class WithDynamic(nn.Module):
     """lifecycle: d_users admits an id at its second sighting and drops rows unseen for
-    two steps; d_items always admits with probability 0.6 per sighting (by id, seed, step)."""
+    two steps; d_items always admits with probability 0.6 per sighting (by id, seed, step).
+    d_ctx pools by SUM like d_users, so the two share a lookup kernel and batch in one
+    native call (with another dim and block size, and gradients averaged per id)."""
 
     def __init__(self, optimizer: str = "sgd", lifecycle: bool = False):
         super().__init__()
@@ -75,6 +77,9 @@ class WithDynamic(nn.Module):
                     name="d_items", num_embeddings=500, embedding_dim=8, feature_names=["f_i", "f_shared"],
                     pooling=PoolingType.MEAN, block_size=4, initializer=Normal(0.0, 0.1), key_buckets=16,
                     admission=ProbabilisticAdmission(0.6, seed=3)),
+                DynamicEmbeddingBagConfig(
+                    name="d_ctx", num_embeddings=500, embedding_dim=8, feature_names=["f_c"], block_size=4,
+                    grad_reduce_by="id"),
             ],
             fused_params=dynamic_fused(optimizer),
         )

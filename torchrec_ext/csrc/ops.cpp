@@ -55,6 +55,12 @@ TORCH_LIBRARY(torchrec_ext, m) {
   // int64 key -> row over slot_keys/slot_rows (power-of-two length, at most half
   // full; the caller grows it with hash_index_rehash). Missing keys find -1.
   m.def("hash_index_find(Tensor slot_keys, Tensor slot_rows, Tensor keys) -> Tensor");
+  // find over many tables in one call: table t's keys are keys[key_ends[t] ..
+  // key_ends[t + 1]). With `steps` (one per table; empty: read only) every key found
+  // stamps its row: last_seen[t][row] = steps[t], counts[t][row] += 1.
+  m.def(
+      "hash_index_lookup_(Tensor[] slot_keys, Tensor[] slot_rows, Tensor keys, int[] key_ends, "
+      "Tensor(a!)[] last_seen, Tensor(b!)[] counts, int[] steps) -> Tensor");
   // Finds or inserts every key (duplicates allowed); a new key takes the next
   // row of `row_pool` (pool_used counts them). Returns (rows, inserted), where
   // inserted marks the one position per new key that created it.
@@ -68,16 +74,30 @@ TORCH_LIBRARY(torchrec_ext, m) {
   // 63-bit hash of each key: routes keys to ranks and checkpoint buckets.
   m.def("dynamic_key_hash(Tensor keys) -> Tensor");
 
-  // Dynamic tables, row half: rows live in equal blocks; row -1 (a key the
-  // table does not hold) reads as `missing_value`. Outputs are float32.
+  // Dynamic tables, row half: a table's rows live in equal blocks; row -1 (a key the
+  // table does not hold) reads as its `missing_value`. Batched like the hashed ops:
+  // table t owns blocks [table_blocks[t], table_blocks[t + 1]) of `blocks` and bags
+  // [table_bags[t], table_bags[t + 1]) of offsets; `rows` are table-local. The tables
+  // of a call share a dtype. Outputs are float32, one [bags of t, dim of t] per table.
   m.def(
-      "dynamic_bag_forward(Tensor[] blocks, Tensor rows, Tensor offsets, "
-      "Tensor? per_sample_weights, int pooling, float missing_value) -> Tensor");
-  // Returns (unique touched rows, their gradients, per-sample-weight gradient or empty).
+      "dynamic_bags_forward(Tensor[] blocks, int[] table_blocks, Tensor rows, Tensor offsets, "
+      "Tensor? per_sample_weights, int[] table_bags, int[] poolings, float[] missing_values) "
+      "-> Tensor[]");
+  // Returns, per table, the unique rows its bags touched (sorted), their gradients and
+  // how many positions touched each; then the per-sample-weight gradient (or empty).
   m.def(
-      "dynamic_bag_backward(Tensor grad_output, Tensor[] blocks, Tensor rows, Tensor offsets, "
-      "Tensor? per_sample_weights, int pooling, float missing_value, bool psw_grad) "
-      "-> (Tensor, Tensor, Tensor)");
+      "dynamic_bags_backward(Tensor[] grad_outputs, Tensor[] blocks, int[] table_blocks, "
+      "Tensor rows, Tensor offsets, Tensor? per_sample_weights, int[] table_bags, int[] poolings, "
+      "float[] missing_values, bool psw_grad) -> (Tensor[], Tensor[], Tensor[], Tensor)");
+  // The backward pass fused with SGD, in place: each touched row r < real_rows[t]
+  // (rows past it are scratch rows of ids not admitted) gets r -= lr * grad (a mean
+  // over r's positions where mean_by_id[t]) and updated[t][r] = steps[t]. Returns the
+  // per-sample-weight gradient, taken before the update (or empty).
+  m.def(
+      "dynamic_bags_sgd_(Tensor(a!)[] blocks, int[] table_blocks, Tensor[] grad_outputs, Tensor rows, "
+      "Tensor offsets, Tensor? per_sample_weights, int[] table_bags, int[] poolings, "
+      "float[] missing_values, int[] real_rows, int[] mean_by_id, float lr, Tensor(b!)[] updated, "
+      "int[] steps, bool psw_grad) -> Tensor");
   m.def("block_rows_gather(Tensor[] blocks, Tensor rows) -> Tensor");
   // rows := values, or rows += alpha * values (accumulate; rows must be distinct).
   m.def(

@@ -76,6 +76,9 @@ class DynamicEmbeddingBagConfig(EmbeddingBagConfig):
     grad_reduce_by: str = "sum"
 
     dynamic = True  # class attribute: the sharding layer builds dynamic shards for these
+    # Dynamic tables share a TorchRec lookup kernel, which looks up, pools and updates
+    # them in batched calls (sharding/dynamic_batch.py). A class attribute, not a field.
+    kernel_group = "<dynamic tables>"
 
     def __post_init__(self) -> None:
         name = self.name or "<unnamed>"

@@ -15,7 +15,8 @@ dict or a delta.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+import contextlib
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -147,39 +148,53 @@ class DynamicRows:
         """Rows of the keys. Training (insert): absent keys the admission policy admits get
         a new, initialised row; the others read initializer values from scratch rows.
         Eval: absent keys are -1 (read as eval_value); nothing changes."""
-        keys = keys.long()
-        real = len(self.blocks) * self.block_size
-        if self.device.type == "meta":  # shape-only (planning, tracing): no table to consult
-            return Lookup(torch.zeros_like(keys), self.blocks, real)
-        if not insert:
-            return Lookup(self.table.find(keys), self._raw_blocks(), real)
+        keys = keys.reshape(-1)
+        return lookup_batch([self], keys, [0, keys.numel()], insert, [step])[1][0]
+
+    def _begin_step(self, step: Optional[int]) -> None:
+        """A training lookup at `step`: runs the eviction policy's expiry when it is due."""
         if step is not None:
             self.step = step
         if self.eviction is not None and self.eviction_interval > 0 and self.step % self.eviction_interval == 0:
             self.evict()
-        rows = self.table.find(keys)
+
+    def _stamp(self, rows: torch.Tensor) -> None:
+        """Marks rows as looked up now (repeats add to the count)."""
+        if rows.numel():
+            self.meta["last_seen"].index_fill_(0, rows, self.step)
+            self.meta["count"].index_add_(0, rows, torch.ones_like(rows))
+
+    def _fill_missing(self, keys: torch.Tensor, rows: torch.Tensor, refind: bool) -> List[torch.Tensor]:
+        """Training: gives every absent key (row < 0) in `rows`, in place, a new row if the
+        admission policy admits it, else a scratch row past the table holding its initial
+        values (returned, as blocks); stamps the new rows. `refind`: another table of the
+        batch shares these rows and may have inserted some of the keys since the find."""
         missing = rows < 0
+        if refind:
+            again = self.table.find(keys[missing])
+            rows[missing] = again
+            self._stamp(again[again >= 0])
+            missing = rows < 0
+            if not bool(missing.any()):
+                return []
+        uniq, inverse, counts = torch.unique(keys[missing], return_inverse=True, return_counts=True)
+        admit = self.admission.admit(uniq, counts, self.step)
+        uniq_rows = torch.empty_like(uniq)
+        new = uniq[admit]
+        if new.numel():
+            uniq_rows[admit] = self._insert(new, protect=keys[~missing])
+            self.admission.forget(new)
+        real = len(self.blocks) * self.block_size  # insertion may have added blocks
+        rejected = uniq[~admit]
+        self.stats["rejected"] += int(rejected.numel())
         scratch: List[torch.Tensor] = []
-        if bool(missing.any()):
-            uniq, inverse, counts = torch.unique(keys[missing], return_inverse=True, return_counts=True)
-            admit = self.admission.admit(uniq, counts, self.step)
-            uniq_rows = torch.empty_like(uniq)
-            new = uniq[admit]
-            if new.numel():
-                uniq_rows[admit] = self._insert(new, protect=keys[~missing])
-                self.admission.forget(new)
-            real = len(self.blocks) * self.block_size  # insertion may have added blocks
-            rejected = uniq[~admit]
-            self.stats["rejected"] += int(rejected.numel())
-            if rejected.numel():
-                scratch = self._scratch(rejected)
-                uniq_rows[~admit] = torch.arange(rejected.numel(), device=keys.device) + real
-            rows[missing] = uniq_rows[inverse]
-        hit = rows[(rows >= 0) & (rows < real)]
-        if hit.numel():  # repeats write the same step / add their count: no unique needed
-            self.meta["last_seen"].index_fill_(0, hit, self.step)
-            self.meta["count"].index_add_(0, hit, torch.ones_like(hit))
-        return Lookup(rows, self._raw_blocks() + scratch, real)
+        if rejected.numel():
+            scratch = self._scratch(rejected)
+            uniq_rows[~admit] = torch.arange(rejected.numel(), device=keys.device) + real
+        filled = uniq_rows[inverse]
+        rows[missing] = filled
+        self._stamp(filled[(filled >= 0) & (filled < real)])
+        return scratch
 
     def _scratch(self, keys: torch.Tensor) -> List[torch.Tensor]:
         """Blocks holding the initializer values of ids that have no row."""
@@ -219,27 +234,9 @@ class DynamicRows:
 
     # --- pooling and updates ---
     def pool(self, looked: Lookup, offsets, per_sample_weights, pooling: int) -> torch.Tensor:
+        """Pooled rows; with trainable blocks, differentiable in them (dense gradients)."""
         blocks = self.blocks + looked.blocks[len(self.blocks):] if self.trainable_blocks else looked.blocks
         return dyn_ops.dynamic_bag(blocks, looked.rows, offsets, per_sample_weights, pooling, self.missing_value)
-
-    def pool_detached(self, looked: Lookup, offsets, per_sample_weights, pooling: int) -> torch.Tensor:
-        return _ops.dynamic_bag_forward(looked.blocks, looked.rows, offsets, per_sample_weights,
-                                        pooling, self.missing_value)
-
-    def backward(self, grad_output, looked: Lookup, offsets, per_sample_weights, pooling: int, psw_grad: bool,
-                 need_counts: bool = False):
-        """(unique rows held, their gradients, occurrences of each or None, psw gradient or empty)."""
-        urows, grads, gpsw = _ops.dynamic_bag_backward(grad_output, looked.blocks, looked.rows, offsets,
-                                                       per_sample_weights, pooling, self.missing_value, psw_grad)
-        counts = None
-        if need_counts:
-            rows = looked.rows
-            counts = torch.bincount(torch.searchsorted(urows, rows[rows >= 0]), minlength=urows.numel())
-        if len(looked.blocks) * self.block_size > looked.real_rows:
-            keep = urows < looked.real_rows  # scratch rows (not admitted) get no update
-            urows, grads = urows[keep], grads[keep]
-            counts = counts[keep] if counts is not None else None
-        return urows, grads, counts, gpsw
 
     def values(self, rows: torch.Tensor) -> torch.Tensor:
         """Float32 values of the given rows."""
@@ -353,3 +350,44 @@ class DynamicRows:
         self.table.clear(self.initial_capacity)
         self.admission = self.admission.fresh()
         self.eviction_log.clear()
+
+
+def lookup_batch(stores: Sequence[DynamicRows], keys: torch.Tensor, key_ends: Sequence[int], insert: bool,
+                 steps: Optional[Sequence[Optional[int]]] = None) -> Tuple[torch.Tensor, List[Lookup]]:
+    """`DynamicRows.lookup` of many tables at once: store t looks up keys[key_ends[t] :
+    key_ends[t + 1]] (at training step steps[t]). One native call finds every key and
+    stamps the rows found; only tables with unseen ids (training) then take the
+    per-table path that admits, inserts and initialises. Returns the rows of all keys
+    (one tensor, in key order) and each store's Lookup (a view of them)."""
+    device = stores[0].device
+    keys = keys.to(device=device, dtype=torch.long)
+    spans = list(zip(key_ends[:-1], key_ends[1:]))
+    if device.type == "meta":  # shape-only (planning, tracing): no table to consult
+        rows = torch.zeros_like(keys)
+        return rows, [Lookup(rows[a:b], s.blocks, len(s.blocks) * s.block_size) for s, (a, b) in zip(stores, spans)]
+    if insert:
+        for s, step in zip(stores, steps or [None] * len(stores)):
+            s._begin_step(step)
+    distinct = sorted({id(s): s for s in stores}.values(), key=id)  # one lock order for every caller
+    with contextlib.ExitStack() as held:
+        index = {id(s): held.enter_context(s.table.locked_index()) for s in distinct}
+        stamps = ([s.meta["last_seen"] for s in stores], [s.meta["count"] for s in stores],
+                  [s.step for s in stores]) if insert else ([], [], [])
+        rows = _ops.hash_index_lookup_([index[id(s)][0] for s in stores], [index[id(s)][1] for s in stores],
+                                       keys, [int(e) for e in key_ends], *stamps)
+    if not insert:
+        return rows, [Lookup(rows[a:b], s._raw_blocks(), len(s.blocks) * s.block_size)
+                      for s, (a, b) in zip(stores, spans)]
+    unseen = set()
+    missing = (rows < 0).nonzero().squeeze(1)
+    if missing.numel():
+        bounds = torch.tensor([int(e) for e in key_ends[1:]], device=device)
+        unseen = set(torch.bucketize(missing, bounds, right=True).unique().tolist())
+    looked, filled = [], set()
+    for t, (s, (a, b)) in enumerate(zip(stores, spans)):
+        scratch: List[torch.Tensor] = []
+        if t in unseen:
+            scratch = s._fill_missing(keys[a:b], rows[a:b], refind=id(s) in filled)
+            filled.add(id(s))
+        looked.append(Lookup(rows[a:b], s._raw_blocks() + scratch, len(s.blocks) * s.block_size))
+    return rows, looked

@@ -10,8 +10,9 @@ table. Every int64 is a valid key: slot states live in the row array, not in res
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 
@@ -91,6 +92,13 @@ class HashTable:
         keys = self._check(keys, "find")
         with self._lock:
             return _ops.hash_index_find(self._keys, self._rows, keys)
+
+    @contextlib.contextmanager
+    def locked_index(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """(slot_keys, slot_rows) with the table's lock held: for native calls that read
+        many tables at once (hash_index_lookup_)."""
+        with self._lock:
+            yield self._keys, self._rows
 
     def find_or_insert(self, keys: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(row of each key, mask of the positions that created a row).

@@ -10,4 +10,4 @@ from torchrec_ext.ops.hashed import (  # noqa: F401
     hashed_bags_sgd_,
 )
 from torchrec_ext.ops.qr import QRShardLayout, qr_bag, qr_bag_backward, qr_bags, qr_bags_backward  # noqa: F401
-from torchrec_ext.ops.dynamic import dynamic_bag, key_hash  # noqa: F401
+from torchrec_ext.ops.dynamic import dynamic_bag, dynamic_bags, dynamic_bags_backward, dynamic_bags_sgd_, key_hash  # noqa: F401,E501

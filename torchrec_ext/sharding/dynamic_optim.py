@@ -10,13 +10,15 @@ rate can be changed through `param_groups`.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 from torchrec.optim.fused import FusedOptimizer
 
 from torchrec_ext.modules import row_optim
 from torchrec_ext.modules.dynamic_rows import DynamicRows, Lookup
+from torchrec_ext.ops import dynamic as dyn_ops
+from torchrec_ext.ops.batched import one_table
 
 
 def check_dynamic_optimizer(fused_params: Optional[Mapping[str, Any]], where: str) -> str:
@@ -24,23 +26,41 @@ def check_dynamic_optimizer(fused_params: Optional[Mapping[str, Any]], where: st
 
 
 class _FusedRowsLookup(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, anchor, owner, key, looked, offsets, psw, pooling):
-        store = owner.rows[key]
-        ctx.owner, ctx.key, ctx.pooling, ctx.looked = owner, key, pooling, looked
-        ctx.save_for_backward(offsets, psw)
-        return store.pool_detached(looked, offsets, psw, pooling)
+    """Pooled lookup of many dynamic tables in one native call; its backward pass computes
+    their touched rows' gradients in one call and hands each table's to the optimizer."""
 
     @staticmethod
-    def backward(ctx, grad_output):
-        offsets, psw = ctx.saved_tensors
+    def forward(ctx, owner, keys, looked, rows, offsets, psw, table_bags, poolings, *anchors):
+        ctx.owner, ctx.keys, ctx.looked = owner, keys, looked
+        ctx.table_bags, ctx.poolings = table_bags, poolings
+        ctx.missing = [owner.rows[k].missing_value for k in keys]
+        ctx.save_for_backward(rows, offsets, psw)
+        return tuple(dyn_ops.dynamic_bags([lk.blocks for lk in looked], rows, offsets, psw, table_bags, poolings,
+                                          ctx.missing))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        rows, offsets, psw = ctx.saved_tensors
         need_psw = psw is not None and ctx.needs_input_grad[5]
-        store = ctx.owner.rows[ctx.key]
-        by_id = ctx.owner.reduce_by.get(ctx.key, "sum") == "id"
-        urows, grads, counts, gpsw = store.backward(grad_output, ctx.looked, offsets, psw, ctx.pooling, need_psw,
-                                                    need_counts=by_id)
-        ctx.owner.apply(ctx.key, urows, grads, counts)
-        return None, None, None, None, None, gpsw if need_psw else None, None
+        owner = ctx.owner
+        stores = [owner.rows[k] for k in ctx.keys]
+        if owner.kind == row_optim.SGD and len({id(s) for s in stores}) == len(stores):
+            # SGD in the backward pass itself: no gradient rows, one update for all tables
+            gpsw = dyn_ops.dynamic_bags_sgd_(
+                [lk.blocks for lk in ctx.looked], grads, rows, offsets, psw, ctx.table_bags, ctx.poolings,
+                ctx.missing, [lk.real_rows for lk in ctx.looked],
+                [owner.reduce_by.get(k, "sum") == "id" for k in ctx.keys], owner.param_groups[0]["lr"],
+                [s.meta["updated"] for s in stores], [s.step for s in stores], need_psw)
+            return (None,) * 5 + (gpsw if need_psw else None, None, None) + (None,) * len(grads)
+        urows, rgrads, counts, gpsw = dyn_ops.dynamic_bags_backward(
+            grads, [lk.blocks for lk in ctx.looked], rows, offsets, psw, ctx.table_bags, ctx.poolings, ctx.missing,
+            need_psw)
+        for key, lk, u, g, c in zip(ctx.keys, ctx.looked, urows, rgrads, counts):
+            if len(lk.blocks) * ctx.owner.rows[key].block_size > lk.real_rows:
+                keep = u < lk.real_rows  # scratch rows (ids not admitted) get no update
+                u, g, c = u[keep], g[keep], c[keep]
+            ctx.owner.apply(key, u, g, c)
+        return (None,) * 5 + (gpsw if need_psw else None, None, None) + (None,) * (len(grads))
 
 
 class DynamicFusedUpdate(FusedOptimizer):
@@ -63,7 +83,16 @@ class DynamicFusedUpdate(FusedOptimizer):
         super().__init__(dict(self._anchors), {a: {} for a in self._anchors.values()}, [group])
 
     def lookup(self, key: str, looked: Lookup, offsets, per_sample_weights, pooling: int) -> torch.Tensor:
-        return _FusedRowsLookup.apply(self._anchors[key], self, key, looked, offsets, per_sample_weights, pooling)
+        """Pooled rows of one table, updated in backward."""
+        return self.lookup_batch([key], [looked], looked.rows, offsets, per_sample_weights, one_table(offsets),
+                                 [pooling])[0]
+
+    def lookup_batch(self, keys: Sequence[str], looked: Sequence[Lookup], rows, offsets, per_sample_weights,
+                     table_bags: Sequence[int], poolings: Sequence[int]) -> List[torch.Tensor]:
+        """Pooled rows of many tables in one call (table t: bags table_bags[t] ..
+        table_bags[t + 1] of offsets, `rows` holding every table's rows), updated in backward."""
+        return list(_FusedRowsLookup.apply(self, list(keys), list(looked), rows, offsets, per_sample_weights,
+                                           list(table_bags), list(poolings), *[self._anchors[k] for k in keys]))
 
     @torch.no_grad()
     def apply(self, key: str, urows: torch.Tensor, grads: torch.Tensor, counts: torch.Tensor) -> None:

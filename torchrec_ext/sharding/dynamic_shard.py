@@ -43,14 +43,6 @@ class DynamicLocalShard(nn.Module):
         self.optim_key = ""
         self.steps = 0  # training lookups so far: the step stamped on rows
 
-    def forward(self, values, offsets, per_sample_weights, fused: bool) -> torch.Tensor:
-        looked = self.rows.lookup(values, insert=self.training, step=self.steps)
-        if self.training:
-            self.steps += 1
-        if fused:
-            return self.optimizer.lookup(self.optim_key, looked, offsets, per_sample_weights, self.pooling)
-        return self.rows.pool(looked, offsets, per_sample_weights, self.pooling)
-
     def reset_parameters(self) -> None:
         self.rows.clear()
         self.steps = 0

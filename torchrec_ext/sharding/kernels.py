@@ -22,7 +22,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec_ext.modules.collection_base import bags_to_batch_major
 from torchrec_ext.modules.table_kind import StatePiece
 from torchrec_ext.sharding.fused_optim import ExtFusedOptimizer
-from torchrec_ext.sharding.table_batch import TableBatch, batch_shards
+from torchrec_ext.sharding.table_batch import batch_shards
 
 # Key under which a table's torchrec_ext config rides in its per-table fused_params.
 TABLE_KEY = "_torchrec_ext_table"
@@ -119,7 +119,8 @@ class ExtPooledEmbeddingKernel(nn.Module):
             _local_shard(t, 0 if (sum_only or t.pooling == PoolingType.SUM) else 1, device, sharding_type)
             for t in config.embedding_tables
         )
-        # Runs of shards of one kind pool in one batched call each (see table_batch.py).
+        # Runs of shards of one kind pool in one batched call each (see table_batch.py and
+        # dynamic_batch.py); every shard kind batches.
         self._segments = batch_shards(self.shards)  # a plain list: self.shards owns the modules
         self._segment_splits = [s.num_features for s in self._segments]
 
@@ -134,11 +135,8 @@ class ExtPooledEmbeddingKernel(nn.Module):
         for seg, kjt in zip(self._segments, features.split(self._segment_splits)):
             w = kjt.weights_or_none() if weights_on else None
             args = (kjt.values().long(), kjt.offsets().long(), w.float() if w is not None else None)
-            if isinstance(seg, TableBatch):
-                pooled = seg.forward(*args, batch, self._fused)
-                outs += [bags_to_batch_major(p, s.num_features, batch) for p, s in zip(pooled, seg.shards)]
-            else:
-                outs.append(bags_to_batch_major(seg(*args, self._fused), seg.num_features, batch))  # dynamic
+            pooled = seg.forward(*args, batch, self._fused)
+            outs += [bags_to_batch_major(p, s.num_features, batch) for p, s in zip(pooled, seg.shards)]
         return torch.cat(outs, dim=1)
 
     def local_shards(self) -> Iterator[Tuple[str, str, nn.Parameter, Optional[ShardMetadata]]]:

@@ -10,7 +10,8 @@ and may give sgd_batch_(states, weights, grads, ..., lr, need_psw) -> psw grad, 
 backward pass fused with SGD in place. `weights` lists every shard's pieces, shard
 after shard.
 
-Set TORCHREC_EXT_TABLE_BATCHING=0 (read when the model is sharded) to give every shard
+Dynamic tables batch the same way (sharding/dynamic_batch.py). Set
+TORCHREC_EXT_TABLE_BATCHING=0 (read when the model is sharded) to give every shard
 a batch of its own: one call per table (the benchmark measures both).
 """
 
@@ -27,11 +28,6 @@ from torchrec_ext.modules.row_optim import SGD
 
 def table_batching_enabled() -> bool:
     return os.environ.get("TORCHREC_EXT_TABLE_BATCHING", "1") != "0"
-
-
-def batchable(shard: nn.Module) -> bool:
-    """A shard a table batch serves: one whose kind has batched kernels."""
-    return hasattr(getattr(shard, "config", None), "pool_batch")
 
 
 class _FusedBatchLookup(torch.autograd.Function):
@@ -103,25 +99,34 @@ class TableBatch:
         return self.pool(weights, values, offsets, psw, table_bags)  # dense gradients (data-parallel)
 
 
+def _batch_key(shard: nn.Module):
+    """Shards with equal keys batch together."""
+    config = shard.config
+    if getattr(config, "dynamic", False):
+        return ("dynamic", shard.rows.dtype)  # one call reads one storage dtype
+    if not hasattr(config, "pool_batch"):
+        raise TypeError(f"table '{shard.table_name}': {type(config).__name__} has no batched kernels")
+    return ("fixed", type(config))
+
+
 def batch_shards(shards: Sequence[nn.Module]) -> list:
-    """The kernel's shards in order, each run of batchable shards of one kind as one
-    TableBatch (or, with table batching off, each as a batch of its own)."""
+    """The kernel's shards in order, each run of shards with one batch key as one batch
+    (TableBatch; DynamicTableBatch for dynamic tables), or with table batching off, each
+    shard as a batch of its own."""
+    from torchrec_ext.sharding.dynamic_batch import DynamicTableBatch
+
     out: list = []
     run: List[nn.Module] = []
 
     def close_run() -> None:
-        if run:
-            out.extend([TableBatch(run)] if table_batching_enabled() else [TableBatch([r]) for r in run])
-            run.clear()
+        make = DynamicTableBatch if _batch_key(run[0])[0] == "dynamic" else TableBatch
+        out.extend([make(run)] if table_batching_enabled() else [make([r]) for r in run])
 
     for s in shards:
-        if batchable(s) and (not run or type(s.config) is type(run[0].config)):
-            run.append(s)
-            continue
+        if run and _batch_key(s) != _batch_key(run[0]):
+            close_run()
+            run = []
+        run.append(s)
+    if run:
         close_run()
-        if batchable(s):
-            run.append(s)
-        else:
-            out.append(s)
-    close_run()
     return out

@@ -7,8 +7,10 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
 #include <thread>
+#include <vector>
 
 #include "../dynamic_check.h"
 #include "../dynamic_table.h"
@@ -92,6 +94,54 @@ at::Tensor hash_index_find_cpu(const at::Tensor& slot_keys, const at::Tensor& sl
                                const at::Tensor& keys) {
   return per_key_slot(slot_keys, slot_rows, keys, "hash_index_find",
                       [](int64_t& cell) { return Ref(cell).load(std::memory_order_acquire); });
+}
+
+// find over many tables; every key found may stamp its row (see ops.cpp).
+at::Tensor hash_index_lookup_cpu(at::TensorList slot_keys, at::TensorList slot_rows,
+                                 const at::Tensor& keys_in, at::IntArrayRef key_ends,
+                                 at::TensorList last_seen, at::TensorList counts,
+                                 at::IntArrayRef steps) {
+  check_lookup_op(slot_keys, slot_rows, keys_in, key_ends, last_seen, counts, steps);
+  const at::Tensor keys = keys_in.contiguous();
+  at::Tensor out = at::empty_like(keys);
+  const size_t T = slot_keys.size();
+  if (T == 0) return out;
+  const int64_t* k = keys.data_ptr<int64_t>();
+  int64_t* o = out.data_ptr<int64_t>();
+  const bool stamp = !steps.empty();
+  // Per table: index arrays, probe mask, stamp arrays and their length.
+  std::vector<const int64_t*> sk(T);
+  std::vector<int64_t*> sr(T), seen(T), cnt(T);
+  std::vector<int64_t> mask(T), meta_rows(T, 0);
+  for (size_t t = 0; t < T; ++t) {
+    sk[t] = slot_keys[t].data_ptr<int64_t>();
+    sr[t] = slot_rows[t].data_ptr<int64_t>();
+    mask[t] = slot_keys[t].numel() - 1;
+    if (stamp) {
+      seen[t] = last_seen[t].data_ptr<int64_t>();
+      cnt[t] = counts[t].data_ptr<int64_t>();
+      meta_rows[t] = std::min(last_seen[t].numel(), counts[t].numel());
+    }
+  }
+  std::atomic<bool> bad{false};
+  at::parallel_for(0, keys.numel(), 1024, [&](int64_t a, int64_t b) {
+    size_t t = std::upper_bound(key_ends.begin(), key_ends.end(), a) - key_ends.begin() - 1;
+    for (int64_t n = a; n < b; ++n) {
+      while (key_ends[t + 1] <= n) ++t;
+      const int64_t s = find_slot(sk[t], sr[t], mask[t], k[n]);
+      const int64_t row = s < 0 ? -1 : Ref(sr[t][s]).load(std::memory_order_acquire);
+      o[n] = row;
+      if (!stamp || row < 0) continue;
+      if (row >= meta_rows[t]) {
+        bad.store(true, std::memory_order_relaxed);  // metadata shorter than the rows
+        continue;
+      }
+      Ref(seen[t][row]).store(steps[t], std::memory_order_relaxed);
+      Ref(cnt[t][row]).fetch_add(1, std::memory_order_relaxed);
+    }
+  });
+  TORCH_CHECK(!bad.load(), "hash_index_lookup_: a row lies beyond its table's last_seen/counts");
+  return out;
 }
 
 std::tuple<at::Tensor, at::Tensor> hash_index_insert_cpu(
@@ -180,6 +230,7 @@ at::Tensor dynamic_key_hash_cpu(const at::Tensor& keys_in) {
 
 TORCH_LIBRARY_IMPL(torchrec_ext, CPU, m) {
   m.impl("hash_index_find", &hash_index_find_cpu);
+  m.impl("hash_index_lookup_", &hash_index_lookup_cpu);
   m.impl("hash_index_insert_", &hash_index_insert_cpu);
   m.impl("hash_index_erase_", &hash_index_erase_cpu);
   m.impl("hash_index_rehash", &hash_index_rehash_cpu);

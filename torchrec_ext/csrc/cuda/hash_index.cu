@@ -11,8 +11,12 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "../dynamic_check.h"
 #include "../dynamic_table.h"
+#include "table_batch.cuh"
 
 namespace torchrec_ext {
 namespace {
@@ -77,6 +81,34 @@ __global__ void find_kernel(const int64_t* sk, int64_t* sr, int64_t mask, const 
   if (t < n) out[t] = find_row(sk, sr, mask, keys[t]);
 }
 
+// One table of a batched lookup.
+struct LookupDesc {
+  const int64_t* sk;
+  int64_t* sr;
+  int64_t mask;
+  int64_t key0;       // its first key in the call's keys
+  int64_t* seen;      // stamps (null: read only)
+  int64_t* count;
+  int64_t meta_rows;  // length of seen / count
+  int64_t step;
+};
+
+__global__ void lookup_kernel(const LookupDesc* __restrict__ desc, int T, const int64_t* keys, int64_t n,
+                              int64_t* out, int* bad) {
+  const int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (k >= n) return;
+  const LookupDesc& d = desc[owner_of<&LookupDesc::key0>(desc, T, k)];
+  const int64_t row = find_row(d.sk, d.sr, d.mask, keys[k]);
+  out[k] = row;
+  if (d.seen == nullptr || row < 0) return;
+  if (row >= d.meta_rows) {
+    atomicExch(bad, 1);
+    return;
+  }
+  d.seen[row] = d.step;  // every writer stores the same step
+  atomicAdd(reinterpret_cast<ull*>(d.count + row), 1ULL);
+}
+
 __global__ void insert_kernel(int64_t* sk, int64_t* sr, int64_t mask, const int64_t* keys,
                               int64_t n, const int64_t* pool, int64_t pool_size,
                               int64_t* pool_used, int64_t* rows, bool* inserted,
@@ -135,6 +167,38 @@ at::Tensor hash_index_find_cuda(const at::Tensor& slot_keys, const at::Tensor& s
       slot_keys.data_ptr<int64_t>(), slot_rows.data_ptr<int64_t>(), slot_keys.numel() - 1,
       keys.data_ptr<int64_t>(), keys.numel(), out.data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+at::Tensor hash_index_lookup_cuda(at::TensorList slot_keys, at::TensorList slot_rows,
+                                  const at::Tensor& keys_in, at::IntArrayRef key_ends,
+                                  at::TensorList last_seen, at::TensorList counts,
+                                  at::IntArrayRef steps) {
+  check_lookup_op(slot_keys, slot_rows, keys_in, key_ends, last_seen, counts, steps);
+  c10::cuda::CUDAGuard guard(keys_in.device());
+  const at::Tensor keys = keys_in.contiguous();
+  at::Tensor out = at::empty_like(keys);
+  const size_t T = slot_keys.size();
+  if (T == 0 || keys.numel() == 0) return out;
+  const bool stamp = !steps.empty();
+  std::vector<LookupDesc> d(T);
+  for (size_t t = 0; t < T; ++t) {
+    d[t] = LookupDesc{slot_keys[t].data_ptr<int64_t>(), slot_rows[t].data_ptr<int64_t>(),
+                      slot_keys[t].numel() - 1, key_ends[t],
+                      stamp ? last_seen[t].data_ptr<int64_t>() : nullptr,
+                      stamp ? counts[t].data_ptr<int64_t>() : nullptr,
+                      stamp ? std::min(last_seen[t].numel(), counts[t].numel()) : 0,
+                      stamp ? steps[t] : 0};
+  }
+  auto dev = to_device(d, keys.device());
+  at::Tensor bad = at::zeros({1}, keys.options().dtype(at::kInt));
+  lookup_kernel<<<blocks_for(keys.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      dev.ptr, static_cast<int>(T), keys.data_ptr<int64_t>(), keys.numel(), out.data_ptr<int64_t>(),
+      bad.data_ptr<int>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (stamp) {  // a sync only when stamping, where the caller syncs on the rows anyway
+    TORCH_CHECK(bad.item<int>() == 0, "hash_index_lookup_: a row lies beyond its table's last_seen/counts");
+  }
   return out;
 }
 
@@ -213,6 +277,7 @@ at::Tensor dynamic_key_hash_cuda(const at::Tensor& keys_in) {
 
 TORCH_LIBRARY_IMPL(torchrec_ext, CUDA, m) {
   m.impl("hash_index_find", &hash_index_find_cuda);
+  m.impl("hash_index_lookup_", &hash_index_lookup_cuda);
   m.impl("hash_index_insert_", &hash_index_insert_cuda);
   m.impl("hash_index_erase_", &hash_index_erase_cuda);
   m.impl("hash_index_rehash", &hash_index_rehash_cuda);

@@ -9,17 +9,23 @@
 
 namespace torchrec_ext {
 
-// The index of the table that owns global bag b: descriptors hold a `bag0` (their
-// first bag), sorted ascending, and b >= desc[0].bag0. Empty tables share their
-// bag0 with the next table, and the search picks the last of equals.
-template <typename Desc>
-__device__ __forceinline__ int table_of(const Desc* desc, int T, int64_t b) {
+// The index of the table that owns x: descriptors hold their first element in
+// `Member` (a bag, a key), sorted ascending, and x >= desc[0].*Member. Empty tables
+// share their start with the next table, and the search picks the last of equals.
+template <auto Member, typename Desc>
+__device__ __forceinline__ int owner_of(const Desc* desc, int T, int64_t x) {
   int lo = 0, hi = T - 1;
   while (lo < hi) {
     const int mid = (lo + hi + 1) / 2;
-    if (desc[mid].bag0 <= b) lo = mid; else hi = mid - 1;
+    if (desc[mid].*Member <= x) lo = mid; else hi = mid - 1;
   }
   return lo;
+}
+
+// The table that owns global bag b (descriptors hold their first bag in `bag0`).
+template <typename Desc>
+__device__ __forceinline__ int table_of(const Desc* desc, int T, int64_t b) {
+  return owner_of<&Desc::bag0>(desc, T, b);
 }
 
 // Batched bag kernels run one warp per bag, kWarpsPerBlock warps per block.

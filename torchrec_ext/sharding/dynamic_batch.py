@@ -1,0 +1,51 @@
+"""Table batching for dynamic tables: the dynamic shards of a lookup kernel (one storage
+dtype) look up their ids in one native call (`hash_index_lookup_`, which also stamps the
+rows it finds), pool in one call (`dynamic_bags_forward`) and, in the backward pass,
+get their touched rows' gradients from one call (`dynamic_bags_backward`) before the
+fused optimizer updates each table's rows. Only a table with unseen ids takes a
+per-table step (admission, insertion, initial values).
+"""
+
+from __future__ import annotations
+
+from typing import List, Sequence
+
+import torch
+from torch import nn
+
+from torchrec_ext.modules.dynamic_rows import lookup_batch
+from torchrec_ext.ops import dynamic as dyn_ops
+
+
+class DynamicTableBatch:
+    """DynamicLocalShards served together; `forward` takes their features' values and
+    offsets laid end to end (shard by shard, as a KJT holds them). Not a module: the
+    kernel owns the shards."""
+
+    def __init__(self, shards: Sequence[nn.Module]):
+        self.shards = list(shards)
+        self.stores = [s.rows for s in self.shards]
+        self.poolings = [s.pooling for s in self.shards]
+        self.num_features = sum(s.num_features for s in self.shards)
+
+    def table_bags(self, batch: int) -> List[int]:
+        ends = [0]
+        for s in self.shards:
+            ends.append(ends[-1] + s.num_features * batch)
+        return ends
+
+    def forward(self, values, offsets, psw, batch: int, fused: bool) -> List[torch.Tensor]:
+        table_bags = self.table_bags(batch)
+        key_ends = offsets[table_bags].tolist()
+        training = self.shards[0].training
+        rows, looked = lookup_batch(self.stores, values, key_ends, insert=training,
+                                    steps=[s.steps for s in self.shards])
+        if training:
+            for s in self.shards:
+                s.steps += 1
+        if fused:
+            optimizer = self.shards[0].optimizer
+            return optimizer.lookup_batch([s.optim_key for s in self.shards], looked, rows, offsets, psw,
+                                          table_bags, self.poolings)
+        return dyn_ops.dynamic_bags([lk.blocks for lk in looked], rows, offsets, psw, table_bags, self.poolings,
+                                    [s.missing_value for s in self.stores])
