@@ -14,8 +14,8 @@ dict or a delta.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import contextlib
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -361,6 +361,7 @@ def lookup_batch(stores: Sequence[DynamicRows], keys: torch.Tensor, key_ends: Se
     (one tensor, in key order) and each store's Lookup (a view of them)."""
     device = stores[0].device
     keys = keys.to(device=device, dtype=torch.long)
+    key_ends = [int(e) for e in key_ends]
     spans = list(zip(key_ends[:-1], key_ends[1:]))
     if device.type == "meta":  # shape-only (planning, tracing): no table to consult
         rows = torch.zeros_like(keys)
@@ -374,14 +375,14 @@ def lookup_batch(stores: Sequence[DynamicRows], keys: torch.Tensor, key_ends: Se
         stamps = ([s.meta["last_seen"] for s in stores], [s.meta["count"] for s in stores],
                   [s.step for s in stores]) if insert else ([], [], [])
         rows = _ops.hash_index_lookup_([index[id(s)][0] for s in stores], [index[id(s)][1] for s in stores],
-                                       keys, [int(e) for e in key_ends], *stamps)
+                                       keys, key_ends, *stamps)
     if not insert:
         return rows, [Lookup(rows[a:b], s._raw_blocks(), len(s.blocks) * s.block_size)
                       for s, (a, b) in zip(stores, spans)]
     unseen = set()
     missing = (rows < 0).nonzero().squeeze(1)
     if missing.numel():
-        bounds = torch.tensor([int(e) for e in key_ends[1:]], device=device)
+        bounds = torch.tensor(key_ends[1:], device=device)
         unseen = set(torch.bucketize(missing, bounds, right=True).unique().tolist())
     looked, filled = [], set()
     for t, (s, (a, b)) in enumerate(zip(stores, spans)):

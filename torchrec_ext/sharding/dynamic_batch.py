@@ -1,9 +1,9 @@
 """Table batching for dynamic tables: the dynamic shards of a lookup kernel (one storage
 dtype) look up their ids in one native call (`hash_index_lookup_`, which also stamps the
 rows it finds), pool in one call (`dynamic_bags_forward`) and, in the backward pass,
-get their touched rows' gradients from one call (`dynamic_bags_backward`) before the
-fused optimizer updates each table's rows. Only a table with unseen ids takes a
-per-table step (admission, insertion, initial values).
+update in one call: with SGD inside the backward kernel (`dynamic_bags_sgd_`), else from
+the touched rows' gradients of one `dynamic_bags_backward` call (sharding/dynamic_optim.py).
+Only a table with unseen ids takes a per-table step (admission, insertion, initial values).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from torch import nn
 
 from torchrec_ext.modules.dynamic_rows import lookup_batch
 from torchrec_ext.ops import dynamic as dyn_ops
+from torchrec_ext.sharding.table_batch import shard_bags
 
 
 class DynamicTableBatch:
@@ -28,14 +29,8 @@ class DynamicTableBatch:
         self.poolings = [s.pooling for s in self.shards]
         self.num_features = sum(s.num_features for s in self.shards)
 
-    def table_bags(self, batch: int) -> List[int]:
-        ends = [0]
-        for s in self.shards:
-            ends.append(ends[-1] + s.num_features * batch)
-        return ends
-
     def forward(self, values, offsets, psw, batch: int, fused: bool) -> List[torch.Tensor]:
-        table_bags = self.table_bags(batch)
+        table_bags = shard_bags(self.shards, batch)
         key_ends = offsets[table_bags].tolist()
         training = self.shards[0].training
         rows, looked = lookup_batch(self.stores, values, key_ends, insert=training,

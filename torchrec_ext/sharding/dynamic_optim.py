@@ -51,16 +51,16 @@ class _FusedRowsLookup(torch.autograd.Function):
                 ctx.missing, [lk.real_rows for lk in ctx.looked],
                 [owner.reduce_by.get(k, "sum") == "id" for k in ctx.keys], owner.param_groups[0]["lr"],
                 [s.meta["updated"] for s in stores], [s.step for s in stores], need_psw)
-            return (None,) * 5 + (gpsw if need_psw else None, None, None) + (None,) * len(grads)
-        urows, rgrads, counts, gpsw = dyn_ops.dynamic_bags_backward(
-            grads, [lk.blocks for lk in ctx.looked], rows, offsets, psw, ctx.table_bags, ctx.poolings, ctx.missing,
-            need_psw)
-        for key, lk, u, g, c in zip(ctx.keys, ctx.looked, urows, rgrads, counts):
-            if len(lk.blocks) * ctx.owner.rows[key].block_size > lk.real_rows:
-                keep = u < lk.real_rows  # scratch rows (ids not admitted) get no update
-                u, g, c = u[keep], g[keep], c[keep]
-            ctx.owner.apply(key, u, g, c)
-        return (None,) * 5 + (gpsw if need_psw else None, None, None) + (None,) * (len(grads))
+        else:
+            urows, rgrads, counts, gpsw = dyn_ops.dynamic_bags_backward(
+                grads, [lk.blocks for lk in ctx.looked], rows, offsets, psw, ctx.table_bags, ctx.poolings,
+                ctx.missing, need_psw)
+            for key, store, lk, u, g, c in zip(ctx.keys, stores, ctx.looked, urows, rgrads, counts):
+                if len(lk.blocks) * store.block_size > lk.real_rows:
+                    keep = u < lk.real_rows  # scratch rows (ids not admitted) get no update
+                    u, g, c = u[keep], g[keep], c[keep]
+                owner.apply(key, u, g, c)
+        return (None,) * 5 + (gpsw if need_psw else None, None, None) + (None,) * len(grads)
 
 
 class DynamicFusedUpdate(FusedOptimizer):

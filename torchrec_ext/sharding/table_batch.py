@@ -30,6 +30,14 @@ def table_batching_enabled() -> bool:
     return os.environ.get("TORCHREC_EXT_TABLE_BATCHING", "1") != "0"
 
 
+def shard_bags(shards: Sequence[nn.Module], batch: int) -> List[int]:
+    """table_bags of a batch: shard t owns bags [ends[t], ends[t + 1]) of the KJT's offsets."""
+    ends = [0]
+    for s in shards:
+        ends.append(ends[-1] + s.num_features * batch)
+    return ends
+
+
 class _FusedBatchLookup(torch.autograd.Function):
     """Pooled lookup of many shards whose backward applies their fused optimizer in place."""
 
@@ -70,12 +78,6 @@ class TableBatch:
     def weights(self) -> List[nn.Parameter]:
         return [w for s in self.shards for w in s.weights]
 
-    def table_bags(self, batch: int) -> List[int]:
-        ends = [0]
-        for s in self.shards:
-            ends.append(ends[-1] + s.num_features * batch)
-        return ends
-
     def pool(self, weights, values, offsets, psw, table_bags) -> List[torch.Tensor]:
         return self.kind.pool_batch(self.states, weights, values, offsets, psw, table_bags, self.poolings)
 
@@ -92,7 +94,7 @@ class TableBatch:
         return gpsw
 
     def forward(self, values, offsets, psw, batch: int, fused: bool) -> List[torch.Tensor]:
-        table_bags = self.table_bags(batch)
+        table_bags = shard_bags(self.shards, batch)
         weights = self.weights()
         if fused:
             return list(_FusedBatchLookup.apply(self, table_bags, values, offsets, psw, *weights))

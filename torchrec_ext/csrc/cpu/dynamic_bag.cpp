@@ -304,20 +304,17 @@ at::Tensor dynamic_bags_sgd_cpu(at::TensorList blocks, at::IntArrayRef table_blo
   const float rate = static_cast<float>(lr);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, blocks[0].scalar_type(), op, [&] {
     const auto W = block_ptrs<scalar_t>(blocks);
-    at::parallel_for(0, G.runs(), 64, [&](int64_t u0, int64_t u1) {
-      std::vector<float> acc(max_dim);
-      size_t t = std::upper_bound(G.first_run.begin(), G.first_run.end(), u0) - G.first_run.begin() - 1;
-      for (int64_t u = u0; u < u1; ++u) {
-        while (G.first_run[t + 1] <= u) ++t;
-        const DynTable& d = tables[t];
-        const int64_t row = G.row(t, u);
-        if (row >= real_rows[t]) continue;  // a scratch row (an id not admitted): no update
-        run_grad(G, d, A.go[t].data_ptr<float>(), A.psw_ptr(), u, acc.data());
-        const float step = mean_by_id[t] ? rate / static_cast<float>(G.count(u)) : rate;
-        scalar_t* w = table_row(W, d, row);
-        for (int64_t j = 0; j < d.dim; ++j) w[j] = static_cast<scalar_t>(static_cast<float>(w[j]) - step * acc[j]);
-        updated[t].data_ptr<int64_t>()[row] = steps[t];
-      }
+    for_each_run(G, [&](size_t t, int64_t u) {
+      thread_local std::vector<float> acc;  // one run's gradient, per worker thread
+      acc.resize(max_dim);
+      const DynTable& d = tables[t];
+      const int64_t row = G.row(t, u);
+      if (row >= real_rows[t]) return;  // a scratch row (an id not admitted): no update
+      run_grad(G, d, A.go[t].data_ptr<float>(), A.psw_ptr(), u, acc.data());
+      const float step = mean_by_id[t] ? rate / static_cast<float>(G.count(u)) : rate;
+      scalar_t* w = table_row(W, d, row);
+      for (int64_t j = 0; j < d.dim; ++j) w[j] = static_cast<scalar_t>(static_cast<float>(w[j]) - step * acc[j]);
+      updated[t].data_ptr<int64_t>()[row] = steps[t];
     });
   });
   return gpsw;

@@ -226,25 +226,22 @@ std::vector<at::Tensor> dynamic_bags_forward_cuda(at::TensorList blocks, at::Int
   return outs;
 }
 
-// Every (table, row) is keyed uniquely across the call: one sort makes the keys
-// unique, one searchsorted (one sync) finds each table's run, one launch scatters.
-// The batch's backward pass; `uniq`, `count`, `found` and the descriptors (holding
-// each table's gradient rows) stay for the SGD update.
+// The batch's backward pass: every (table, row) is keyed uniquely across the call, one
+// sort makes the keys unique, one searchsorted (one sync) finds each table's run, one
+// launch scatters. `uniq`, `count`, `found` and the descriptors (holding each table's
+// gradient rows) stay for the SGD update.
 struct Backward {
-  std::vector<DynTable> tables;
   std::vector<DynDesc> d;
   std::vector<at::Tensor> urows, grads, counts;
   at::Tensor gpsw, uniq, count, found;
 };
 
-Backward backward_impl(at::TensorList grad_outputs, at::TensorList blocks, at::IntArrayRef table_blocks,
+// `tables`: the call's tables as dynamic_batch_tables checked them.
+Backward backward_impl(const std::vector<DynTable>& tables, at::TensorList grad_outputs, at::TensorList blocks,
                        const at::Tensor& rows_in, const at::Tensor& offsets_in,
-                       const std::optional<at::Tensor>& psw_in, at::IntArrayRef table_bags,
-                       at::IntArrayRef poolings, at::ArrayRef<double> missing_values, bool psw_grad,
+                       const std::optional<at::Tensor>& psw_in, at::IntArrayRef table_bags, bool psw_grad,
                        const char* op) {
   Backward R;
-  const auto tables = dynamic_batch_tables(blocks, table_blocks, rows_in, offsets_in, psw_in, table_bags,
-                                           poolings, missing_values, op);
   const auto go = dynamic_batch_grads(grad_outputs, tables, op);
   c10::cuda::CUDAGuard guard(rows_in.device());
   const at::Tensor rows = rows_in.contiguous(), off = offsets_in.contiguous();
@@ -260,10 +257,11 @@ Backward backward_impl(at::TensorList grad_outputs, at::TensorList blocks, at::I
     d[t].go = go[t].data_ptr<float>();
     bounds[t + 1] = bounds[t] + tables[t].total_rows();
   }
-  at::Tensor gpsw = at::zeros({psw_grad ? n : 0}, rows.options().dtype(at::kFloat));
-  std::vector<at::Tensor> urows, grads, counts;
-  R.gpsw = gpsw;
-  R.tables = tables;
+  R.gpsw = at::zeros({psw_grad ? n : 0}, rows.options().dtype(at::kFloat));
+  at::Tensor& gpsw = R.gpsw;
+  std::vector<at::Tensor>& urows = R.urows;
+  std::vector<at::Tensor>& grads = R.grads;
+  std::vector<at::Tensor>& counts = R.counts;
   if (T == 0) return R;
   auto bag_of = at::full({n}, -1, rows.options());
   auto scale = at::zeros({n}, rows.options().dtype(at::kFloat));
@@ -318,9 +316,6 @@ Backward backward_impl(at::TensorList grad_outputs, at::TensorList blocks, at::I
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   R.d = d;
-  R.urows = urows;
-  R.grads = grads;
-  R.counts = counts;
   R.uniq = uniq;
   R.count = count;
   R.found = found;
@@ -333,8 +328,10 @@ dynamic_bags_backward_cuda(at::TensorList grad_outputs, at::TensorList blocks,
                            const at::Tensor& offsets, const std::optional<at::Tensor>& psw,
                            at::IntArrayRef table_bags, at::IntArrayRef poolings,
                            at::ArrayRef<double> missing_values, bool psw_grad) {
-  auto R = backward_impl(grad_outputs, blocks, table_blocks, rows, offsets, psw, table_bags, poolings,
-                         missing_values, psw_grad, "dynamic_bags_backward");
+  const char* op = "dynamic_bags_backward";
+  const auto tables = dynamic_batch_tables(blocks, table_blocks, rows, offsets, psw, table_bags, poolings,
+                                           missing_values, op);
+  auto R = backward_impl(tables, grad_outputs, blocks, rows, offsets, psw, table_bags, psw_grad, op);
   return {R.urows, R.grads, R.counts, R.gpsw};
 }
 
@@ -350,9 +347,8 @@ at::Tensor dynamic_bags_sgd_cuda(at::TensorList blocks, at::IntArrayRef table_bl
   const auto tables = dynamic_batch_tables(blocks, table_blocks, rows, offsets, psw, table_bags, poolings,
                                            missing_values, op);
   check_sgd_args(tables, real_rows, mean_by_id, updated, steps, rows, op);
-  auto R = backward_impl(grad_outputs, blocks, table_blocks, rows, offsets, psw, table_bags, poolings,
-                         missing_values, psw_grad, op);
-  const int64_t T = static_cast<int64_t>(R.tables.size());
+  auto R = backward_impl(tables, grad_outputs, blocks, rows, offsets, psw, table_bags, psw_grad, op);
+  const int64_t T = static_cast<int64_t>(tables.size());
   if (T == 0) return R.gpsw;
   const int64_t* l = R.found.data_ptr<int64_t>();
   const int64_t first = l[0], num = l[T] - l[0];
