@@ -165,14 +165,16 @@ Grouping group_positions(const std::vector<DynTable>& tables, const at::Tensor& 
   return G;
 }
 
-// fn(t, u) for every run u (of table t), in parallel.
+// fn(t, u, buf) for every run u (of table t), in parallel; buf is `scratch` floats of
+// the calling worker's own.
 template <typename Fn>
-void for_each_run(const Grouping& G, Fn&& fn) {
+void for_each_run(const Grouping& G, int64_t scratch, Fn&& fn) {
   at::parallel_for(0, G.runs(), 64, [&](int64_t u0, int64_t u1) {
+    std::vector<float> buf(scratch);
     size_t t = std::upper_bound(G.first_run.begin(), G.first_run.end(), u0) - G.first_run.begin() - 1;
     for (int64_t u = u0; u < u1; ++u) {
       while (G.first_run[t + 1] <= u) ++t;
-      fn(t, u);
+      fn(t, u, buf.data());
     }
   });
 }
@@ -268,7 +270,7 @@ dynamic_bags_backward_cpu(at::TensorList grad_outputs, at::TensorList blocks,
     counts.push_back(at::empty({u}, A.rows.options()));
     grads.push_back(at::empty({u, tables[t].dim}, A.rows.options().dtype(at::kFloat)));
   }
-  for_each_run(G, [&](size_t t, int64_t u) {
+  for_each_run(G, 0, [&](size_t t, int64_t u, float*) {
     const int64_t at_ = u - G.first_run[t];
     urows[t].data_ptr<int64_t>()[at_] = G.row(t, u);
     counts[t].data_ptr<int64_t>()[at_] = G.count(u);
@@ -304,13 +306,11 @@ at::Tensor dynamic_bags_sgd_cpu(at::TensorList blocks, at::IntArrayRef table_blo
   const float rate = static_cast<float>(lr);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, blocks[0].scalar_type(), op, [&] {
     const auto W = block_ptrs<scalar_t>(blocks);
-    for_each_run(G, [&](size_t t, int64_t u) {
-      thread_local std::vector<float> acc;  // one run's gradient, per worker thread
-      acc.resize(max_dim);
+    for_each_run(G, max_dim, [&](size_t t, int64_t u, float* acc) {
       const DynTable& d = tables[t];
       const int64_t row = G.row(t, u);
       if (row >= real_rows[t]) return;  // a scratch row (an id not admitted): no update
-      run_grad(G, d, A.go[t].data_ptr<float>(), A.psw_ptr(), u, acc.data());
+      run_grad(G, d, A.go[t].data_ptr<float>(), A.psw_ptr(), u, acc);
       const float step = mean_by_id[t] ? rate / static_cast<float>(G.count(u)) : rate;
       scalar_t* w = table_row(W, d, row);
       for (int64_t j = 0; j < d.dim; ++j) w[j] = static_cast<scalar_t>(static_cast<float>(w[j]) - step * acc[j]);
