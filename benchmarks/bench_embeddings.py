@@ -196,8 +196,6 @@ def run_variant(variant: str, args) -> dict:
     }
     if device.type == "cuda":
         result["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
-    if dist.is_initialized():
-        dist.destroy_process_group()
     return result
 
 
@@ -270,6 +268,15 @@ def main() -> None:
 
     if args.child:
         print(json.dumps(run_variant(args.child, args)))
+        # the sharded modules (in reference cycles) hold the process group: free them before
+        # destroying it, not at interpreter shutdown, where gloo's teardown can abort
+        import gc
+
+        import torch.distributed as dist
+
+        gc.collect()
+        if dist.is_initialized():
+            dist.destroy_process_group()
         return
     variants = [v for v in args.variants.split(",") if v]
     unknown = [v for v in variants if v not in VARIANTS]

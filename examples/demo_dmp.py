@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import os
 import socket
 
@@ -108,6 +109,14 @@ def make_batch(step: int, rank: int, batch_size: int):
 def worker(rank: int, world_size: int, port: int, args) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=300))
+    train(rank, world_size, args)
+    # the sharded modules (in reference cycles) hold the process group: free them before
+    # destroying it, not at interpreter shutdown, where gloo's teardown can abort
+    gc.collect()
+    dist.destroy_process_group()
+
+
+def train(rank: int, world_size: int, args) -> None:
     torch.manual_seed(0)
     model = DemoModel(device=torch.device("meta"))
     sharders = get_sharders(fused_params={"optimizer": EmbOptimType.EXACT_ROWWISE_ADAGRAD, "learning_rate": 0.05})
@@ -144,7 +153,6 @@ def worker(rank: int, world_size: int, port: int, args) -> None:
                 print(f"  rank {r}: " + ", ".join(f"{k} {st[k]:,.2f}" if k == "load" else f"{k} {st[k]:,}"
                                                   for k in ("size", "capacity", "admitted", "rejected",
                                                             "evicted", "load")))
-    dist.destroy_process_group()
 
 
 def main() -> None:

@@ -128,6 +128,24 @@ def embedding_bytes(dmp, plan, world_size: int) -> int:
 
 
 def worker(rank: int, world_size: int, port: int, variant: str, args, result_path: str) -> None:
+    """One rank: owns the process group; everything that holds it lives in train_and_eval."""
+    import faulthandler
+    import gc
+
+    faulthandler.enable(all_threads=True)  # a native abort prints every thread's Python stack
+    torch.set_num_threads(max(1, args.threads // world_size))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=600))
+    train_and_eval(rank, world_size, variant, args, result_path)
+    # TorchRec's sharded modules sit in reference cycles and hold the process group; left to
+    # interpreter shutdown, the gloo group is torn down half-finalized and aborts ('terminate
+    # called without an active exception'). Free them now, then destroy the group.
+    gc.collect()
+    dist.destroy_process_group()
+    gc.collect()
+
+
+def train_and_eval(rank: int, world_size: int, variant: str, args, result_path: str) -> None:
     import torch.distributed.checkpoint as dcp
     from fbgemm_gpu.split_embedding_configs import EmbOptimType
     from torchrec.distributed.model_parallel import DistributedModelParallel
@@ -141,9 +159,6 @@ def worker(rank: int, world_size: int, port: int, variant: str, args, result_pat
 
     from torchrec_ext.sharding import get_sharders, make_planner
 
-    torch.set_num_threads(max(1, args.threads // world_size))
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=600))
     torch.manual_seed(args.seed)
     model = build_model(variant, args)
     sharders = get_sharders(fused_params={"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": args.sparse_lr})
@@ -218,8 +233,6 @@ def worker(rank: int, world_size: int, port: int, variant: str, args, result_pat
             json.dump(result, f)
     # every rank done with its collectives before the group goes
     dist.barrier()
-    del pipeline, optimizer, dmp
-    dist.destroy_process_group()
 
 
 def run_variant(variant: str, args) -> dict:

@@ -8,6 +8,7 @@ A scenario returns nothing or raises; each rank records its outcome in a JSON fi
 from __future__ import annotations
 
 import datetime
+import gc
 import json
 import os
 import socket
@@ -45,6 +46,7 @@ def _worker(rank: int, world_size: int, port: int, module: str, names: List[str]
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump(results, f)
         dist.barrier()
+    gc.collect()  # modules in reference cycles hold the group: free them before it goes
     dist.destroy_process_group()
 
 

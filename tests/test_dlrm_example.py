@@ -13,7 +13,7 @@ SCRIPT = os.path.join(ROOT, "examples", "dlrm_main.py")
 def run(tmp, *args):
     cmd = [sys.executable, SCRIPT, "--out", str(tmp), "--threads", "2", "--eval-batches", "2", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.returncode == 0, proc.stdout[-1000:] + proc.stderr[-4000:]
     return proc.stdout
 
 
