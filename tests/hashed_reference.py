@@ -45,7 +45,8 @@ def positions(cfg, ids: np.ndarray, row_offset: int = 0, col_offset: int = 0, lo
         Z = cfg.chunk
         blocks = j // Z
         h = col_hash(ids, blocks, cfg.seed)
-        f = ((h & np.uint64((1 << 63) - 1)) % np.uint64(L * Z)).astype(np.int64)
+        A = cfg.align
+        f = ((h & np.uint64((1 << 63) - 1)) % np.uint64(L * Z // A)).astype(np.int64) * A
         f = (f + (j % Z)[None, :]) % (L * Z)
         rows = region[:, None] * L + f // Z
         cols = ((blocks - col_offset // Z) * Z)[None, :] + f % Z

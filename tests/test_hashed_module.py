@@ -24,6 +24,8 @@ def test_each_feature_equals_the_reference_formula():
     (dict(compression=1.5), r"table 'x': compression must be in \(0, 1\], got 1.5"),
     (dict(mode="blocks"), r"table 'x': mode must be"),
     (dict(mode="block", chunk_size=3), r"table 'x': chunk_size 3 must divide"),
+    (dict(mode="block", chunk_size=8, block_align=3), r"table 'x': block_align 3 must divide the chunk size 8"),
+    (dict(mode="block", block_align=-1), r"table 'x': block_align -1 must divide"),
 ])
 def test_bad_configs_raise_errors_naming_the_table(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -13,6 +13,8 @@ CASES = [
     dict(mode="element", signed=True),
     dict(mode="block", signed=False),
     dict(mode="block", signed=True, chunk_size=4),
+    dict(mode="block", block_align=1),  # blocks start anywhere and wrap into the next slot
+    dict(mode="block", block_align=4),
 ]
 
 
@@ -63,6 +65,35 @@ def test_fused_sgd_equals_reference_gradient_step(case, pooling, device):
     w_ref2 = w0.clone().requires_grad_()
     (ref.pooled(cfg, w_ref2, dup.cpu().numpy(), torch.tensor([0, 3, 4])) * go[:2]).sum().backward()
     torch.testing.assert_close(w2.cpu(), w0 - w_ref2.grad)
+
+
+@pytest.mark.parametrize("align", [1, 4, 16])
+@pytest.mark.parametrize("device", DEVICES)
+def test_block_starts_fall_on_multiples_of_block_align(align, device):
+    """Read through the kernel from a buffer whose elements hold their own positions:
+    each block is Z consecutive elements (circular in its region's column band) from a
+    start that is a multiple of block_align."""
+    D, Z = 32, 16
+    cfg = HashedEmbeddingBagConfig(name="t", num_embeddings=5000, embedding_dim=D, chunk_size=Z,
+                                   block_align=align, compression=0.05, row_regions=2, seed=7)
+    assert cfg.shard_layout().align == align
+    w = torch.arange(cfg.buffer_rows * D, dtype=torch.float64).view(-1, D)
+    ids = torch.arange(0, 5000, 7)
+    offsets = torch.arange(ids.numel() + 1)
+    pos = hashed_bag(w.to(device), ids.to(device), offsets.to(device), None, 0, cfg.shard_layout()).cpu().long()
+    row, col = pos // D, pos % D
+    region = (ids // cfg.rows_per_region)[:, None]
+    assert bool((col // Z == torch.arange(D) // Z).all())  # block c stays in column band c
+    flat = (row - region * cfg.slots) * Z + col % Z  # offset within the region's band
+    assert bool(((flat >= 0) & (flat < cfg.slots * Z)).all())
+    start = flat[:, ::Z]
+    expect = (start.repeat_interleave(Z, dim=1) + torch.arange(D) % Z) % (cfg.slots * Z)
+    torch.testing.assert_close(flat, expect)
+    assert bool((start % align == 0).all())
+    places = cfg.slots * Z // align  # where a block can start
+    assert start.unique().numel() > min(start.numel(), places) // 2  # and the starts spread out
+    if align == 1:
+        assert bool((start % 16 != 0).any())
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -64,6 +64,8 @@ inline std::vector<HashedLayout> hashed_batch_layouts(
                 "hashed bag: the tables of one call share a dtype and the indices' device");
     TORCH_CHECK(L.mode == 0 || L.mode == 1, "hashed bag: mode must be 0 (element) or 1 (block)");
     TORCH_CHECK(L.slots > 0 && L.rows_per_region > 0 && L.chunk > 0, "hashed bag: bad layout");
+    TORCH_CHECK(L.align > 0 && L.chunk % L.align == 0, "hashed bag: block alignment (", L.align,
+                ") must divide the chunk (", L.chunk, ")");
     TORCH_CHECK(w.size(0) % L.slots == 0, "hashed bag: weight rows (", w.size(0),
                 ") must be a multiple of slots (", L.slots, ")");
     TORCH_CHECK(w.size(1) % L.chunk == 0, "hashed bag: weight columns (", w.size(1),

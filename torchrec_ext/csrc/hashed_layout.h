@@ -20,12 +20,19 @@ struct HashedLayout {
   int64_t col_offset;       // global column of this shard's first column (multiple of chunk)
   int64_t seed;
   bool is_signed;
+  int64_t align;            // block mode: block starts are multiples of this (divides Z)
 
   // A batched op passes each table's layout as kFields ints, in this order.
-  static constexpr int64_t kFields = 8;
+  static constexpr int64_t kFields = 9;
   static HashedLayout from_ints(const int64_t* v) {
-    return HashedLayout{v[0], v[0] == 0 ? 1 : v[1], v[2], v[3], v[4], v[5], v[6], v[7] != 0};
+    const bool element = v[0] == 0;
+    return HashedLayout{v[0], element ? 1 : v[1], v[2], v[3], v[4], v[5], v[6], v[7] != 0,
+                        element ? 1 : v[8]};
   }
+
+  // Block mode: the number of places a block can start in its region's slots * Z
+  // elements; start = hash mod starts() times align.
+  TRX_HD int64_t starts() const { return slots * chunk / align; }
 
   TRX_HD int64_t first_region() const { return id_offset / rows_per_region; }
 

@@ -2,7 +2,9 @@
 
 Element mode (HashedNets): element (id, j) reads buffer[h(id, j)], optionally times a
 sign hash. Block mode (ROBE-Z): each block of Z consecutive elements of a row reads Z
-consecutive buffer elements from a hashed offset (circular within its region).
+consecutive buffer elements from a hashed offset (circular within its region). Offsets
+are multiples of `block_align` elements: 16 fp32 columns start a cache line, so a block of
+32 touches 2 lines instead of 3 (measured in benchmarks/; 1 gives the paper's any offset).
 
 The buffer is a [row_regions * slots, dim] matrix. Ids are cut into `row_regions`
 contiguous ranges; range r owns buffer rows [r * slots, (r + 1) * slots). Columns are
@@ -43,6 +45,9 @@ class HashedEmbeddingBagConfig(EmbeddingBagConfig):
     buffer_size: explicit buffer size in elements (overrides compression).
     mode: "block" (ROBE-Z, default) or "element" (HashedNets).
     chunk_size: Z of block mode; 0 picks gcd(embedding_dim, 32).
+    block_align: block mode: a block starts at a multiple of this many elements of its
+        region; must divide Z. 0 picks gcd(Z, 16) (a 64-byte cache line of fp32); 1 lets a
+        block start anywhere (ROBE-Z as published).
     seed: hash (and init) seed; two tables with different seeds share nothing.
     signed: multiply each element (element mode) or block (block mode) by a +-1 hash.
     row_regions: independent id ranges; row-wise world sizes must divide it.
@@ -56,6 +61,7 @@ class HashedEmbeddingBagConfig(EmbeddingBagConfig):
     buffer_size: Optional[int] = None
     mode: str = "block"
     chunk_size: int = 0
+    block_align: int = 0
     seed: int = 0
     signed: bool = False
     row_regions: int = 8
@@ -79,6 +85,12 @@ class HashedEmbeddingBagConfig(EmbeddingBagConfig):
                 f"hashed table '{name}': chunk_size {self.chunk_size} must divide "
                 f"embedding_dim {self.embedding_dim}"
             )
+        if self.block_align < 0 or (self.mode == "block" and self.block_align
+                                    and self.chunk % self.block_align):
+            raise ValueError(
+                f"hashed table '{name}': block_align {self.block_align} must divide the "
+                f"chunk size {self.chunk} (or be 0 for the default)"
+            )
 
     # --- derived layout ---
     @property
@@ -86,6 +98,13 @@ class HashedEmbeddingBagConfig(EmbeddingBagConfig):
         if self.mode == "element":
             return 1
         return self.chunk_size or math.gcd(self.embedding_dim, 32)
+
+    @property
+    def align(self) -> int:
+        """Block starts are multiples of this many elements (1 in element mode)."""
+        if self.mode == "element":
+            return 1
+        return self.block_align or math.gcd(self.chunk, 16)
 
     @property
     def rows_per_region(self) -> int:
@@ -131,6 +150,7 @@ class HashedEmbeddingBagConfig(EmbeddingBagConfig):
             col_offset=col_offset,
             seed=self.seed,
             signed=self.signed,
+            align=self.align,
         )
 
     # --- the table-kind protocol (torchrec_ext/modules/table_kind.py) ---

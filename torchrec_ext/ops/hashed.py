@@ -30,11 +30,12 @@ class HashedShardLayout:
     col_offset: int = 0
     seed: int = 0
     signed: bool = False
+    align: int = 1  # block mode: block starts are multiples of this many elements
 
     def args(self) -> List[int]:
         """The layout's fields in the order the native ops read them."""
         return [self.mode, self.chunk, self.rows_per_region, self.slots, self.id_offset,
-                self.col_offset, self.seed, int(self.signed)]
+                self.col_offset, self.seed, int(self.signed), self.align]
 
 
 @torch.library.register_fake("torchrec_ext::hashed_bags_forward")

@@ -41,20 +41,21 @@ struct Segment {
   double sign;
 };
 
-// Segments kept per window: enough ids to overlap many cache misses, few enough to
-// stay in L1/L2.
-constexpr int64_t kWindowSegments = 2048;
+// Segments kept per window: enough ids to overlap many cache misses, few enough that
+// what they prefetch is still in L1/L2 when it is read (512 measured 5% faster than 2048
+// on the default benchmark's forward pass).
+constexpr int64_t kWindowSegments = 512;
 
 // The layout, with its divisions precomputed.
 struct Addresser {
   HashedLayout L;
   int64_t D, Z, C, first_region;
-  FastDiv per_region, slots, flat, chunk;
+  FastDiv per_region, slots, starts, chunk;
 
   Addresser(const HashedLayout& layout, int64_t dim)
       : L(layout), D(dim), Z(layout.chunk), C(dim / layout.chunk),
         first_region(layout.first_region()), per_region(layout.rows_per_region),
-        slots(layout.slots), flat(layout.slots * layout.chunk), chunk(layout.chunk) {}
+        slots(layout.slots), starts(layout.starts()), chunk(layout.chunk) {}
 
   int64_t region(int64_t local_id) const {
     return static_cast<int64_t>(per_region.div(static_cast<uint64_t>(local_id + L.id_offset))) -
@@ -77,7 +78,7 @@ struct Addresser {
         seg->b = seg->a;
         __builtin_prefetch(w + seg->a);
       } else {
-        const int64_t f = static_cast<int64_t>(flat.mod(h & kLow63));
+        const int64_t f = static_cast<int64_t>(starts.mod(h & kLow63)) * L.align;
         const int64_t slot = static_cast<int64_t>(chunk.div(f));
         const int64_t col = f - slot * Z;
         seg->a = (base + slot) * D + c * Z + col;
