@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import faulthandler
+import gc
 import json
 import os
 import socket
@@ -129,9 +131,6 @@ def embedding_bytes(dmp, plan, world_size: int) -> int:
 
 def worker(rank: int, world_size: int, port: int, variant: str, args, result_path: str) -> None:
     """One rank: owns the process group; everything that holds it lives in train_and_eval."""
-    import faulthandler
-    import gc
-
     faulthandler.enable(all_threads=True)  # a native abort prints every thread's Python stack
     torch.set_num_threads(max(1, args.threads // world_size))
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -142,7 +141,6 @@ def worker(rank: int, world_size: int, port: int, variant: str, args, result_pat
     # called without an active exception'). Free them now, then destroy the group.
     gc.collect()
     dist.destroy_process_group()
-    gc.collect()
 
 
 def train_and_eval(rank: int, world_size: int, variant: str, args, result_path: str) -> None:

@@ -21,18 +21,21 @@ struct HashedLayout {
   int64_t seed;
   bool is_signed;
   int64_t align;            // block mode: block starts are multiples of this (divides Z)
+  // Derived, once per call rather than per element in the kernels: the number of places
+  // a block can start in its region's slots * Z elements (start = hash mod starts, times
+  // align). 0 for a layout the input checks will reject.
+  int64_t starts;
 
-  // A batched op passes each table's layout as kFields ints, in this order.
+  // A batched op passes each table's layout as kFields ints, in this order (starts is
+  // not passed).
   static constexpr int64_t kFields = 9;
   static HashedLayout from_ints(const int64_t* v) {
     const bool element = v[0] == 0;
-    return HashedLayout{v[0], element ? 1 : v[1], v[2], v[3], v[4], v[5], v[6], v[7] != 0,
-                        element ? 1 : v[8]};
+    HashedLayout L{v[0], element ? 1 : v[1], v[2], v[3], v[4], v[5], v[6], v[7] != 0,
+                   element ? 1 : v[8], 0};
+    if (L.align > 0) L.starts = L.slots * L.chunk / L.align;
+    return L;
   }
-
-  // Block mode: the number of places a block can start in its region's slots * Z
-  // elements; start = hash mod starts() times align.
-  TRX_HD int64_t starts() const { return slots * chunk / align; }
 
   TRX_HD int64_t first_region() const { return id_offset / rows_per_region; }
 

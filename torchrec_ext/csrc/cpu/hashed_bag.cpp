@@ -55,7 +55,7 @@ struct Addresser {
   Addresser(const HashedLayout& layout, int64_t dim)
       : L(layout), D(dim), Z(layout.chunk), C(dim / layout.chunk),
         first_region(layout.first_region()), per_region(layout.rows_per_region),
-        slots(layout.slots), starts(layout.starts()), chunk(layout.chunk) {}
+        slots(layout.slots), starts(layout.starts), chunk(layout.chunk) {}
 
   int64_t region(int64_t local_id) const {
     return static_cast<int64_t>(per_region.div(static_cast<uint64_t>(local_id + L.id_offset))) -

@@ -43,7 +43,7 @@ __device__ __forceinline__ Located locate(const HashedLayout& L, uint64_t h0, in
   const int64_t Z = L.chunk, LZ = L.slots * Z;
   const int64_t c = j / Z, t = j % Z;
   const uint64_t h = col_hash(h0, L.col_offset / Z + c);
-  int64_t f = hash_slot(h, L.starts()) * L.align + t;
+  int64_t f = hash_slot(h, L.starts) * L.align + t;
   if (f >= LZ) f -= LZ;
   return {(base + f / Z) * D + c * Z + f % Z, hash_sign(h, L.is_signed)};
 }
