@@ -53,13 +53,14 @@ class TwoCollections(nn.Module):
                                          signed=True, compression=0.05, row_regions=4, seed=1),
                 HashedEmbeddingBagConfig(name="h_block", num_embeddings=5000, embedding_dim=16,
                                          feature_names=["f_b", "f_shared"], mode="block", chunk_size=4,
-                                         compression=0.1, row_regions=4, pooling=PoolingType.MEAN),
+                                         signed=True, compression=0.1, row_regions=4, pooling=PoolingType.MEAN),
             ],
             device=device,
         )
         self.weighted = HashedEmbeddingBagCollection(
             tables=[HashedEmbeddingBagConfig(name="h_w", num_embeddings=300, embedding_dim=8,
-                                             feature_names=["f_w"], compression=0.2, row_regions=4, chunk_size=4),
+                                             feature_names=["f_w"], compression=0.2, row_regions=4, chunk_size=4,
+                                             block_align=1),  # blocks wrap into the next slot
                     HashedEmbeddingBagConfig(name="h_w2", num_embeddings=400, embedding_dim=8, mode="element",
                                              feature_names=["f_w2"], compression=0.1, row_regions=4, seed=7)],
             is_weighted=True,

@@ -5,6 +5,7 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <optional>
 #include <vector>
 
@@ -75,6 +76,39 @@ inline std::vector<HashedLayout> hashed_batch_layouts(
     out.push_back(L);
   }
   return out;
+}
+
+// The positions cache of a batched hashed call: absent or empty (not kept), or a
+// contiguous int64 [indices, P] tensor on the indices' device whose row i holds id i's
+// packed blocks, P at least the blocks per id (dim / chunk) of every block-mode table.
+// Returns whether the call has one.
+inline bool hashed_positions_kept(const std::optional<at::Tensor>& positions,
+                                  const at::TensorList weights, const at::Tensor& indices,
+                                  at::IntArrayRef layouts, const char* op) {
+  if (!positions || positions->numel() == 0) return false;
+  const at::Tensor& p = *positions;
+  TORCH_CHECK(p.scalar_type() == at::kLong && p.dim() == 2 && p.size(0) == indices.numel() &&
+                  p.is_contiguous() && p.device() == indices.device(),
+              op, ": positions must be empty or a contiguous int64 [", indices.numel(),
+              ", P] tensor on the indices' device");
+  for (size_t t = 0; t < weights.size(); ++t) {
+    const HashedLayout L = HashedLayout::from_ints(layouts.data() + t * HashedLayout::kFields);
+    if (L.mode != 1) continue;
+    const int64_t blocks = weights[t].size(1) / L.chunk;
+    TORCH_CHECK(p.size(1) >= blocks, op, ": positions has ", p.size(1), " columns, table ", t,
+                " has ", blocks, " blocks per id");
+  }
+  return true;
+}
+
+// Columns of a call's positions cache: the most blocks per id of its block-mode tables.
+inline int64_t hashed_position_columns(const at::TensorList weights, at::IntArrayRef layouts) {
+  int64_t cols = 0;
+  for (size_t t = 0; t < weights.size(); ++t) {
+    const HashedLayout L = HashedLayout::from_ints(layouts.data() + t * HashedLayout::kFields);
+    if (L.mode == 1 && L.chunk > 0) cols = std::max<int64_t>(cols, weights[t].size(1) / L.chunk);
+  }
+  return cols;
 }
 
 // Ids of one table: reads the data, so CPU only (CUDA kernels skip bad ids instead).

@@ -6,25 +6,35 @@
 TORCH_LIBRARY(torchrec_ext, m) {
   // Hashed tables, batched: one call pools the bags of many tables. Table t owns bags
   // [table_bags[t], table_bags[t + 1]) of offsets, pools them with poolings[t]
-  // (0 = SUM, 1 = MEAN) and has layout layouts[8t .. 8t + 8) = (mode: 0 element,
-  // 1 block; chunk; rows_per_region; slots; id_offset; col_offset; seed; signed).
+  // (0 = SUM, 1 = MEAN) and has layout layouts[9t .. 9t + 9) = (mode: 0 element,
+  // 1 block; chunk; rows_per_region; slots; id_offset; col_offset; seed; signed;
+  // align: block starts are multiples of it).
   // Indices are shard-local ids (global id = index + id_offset). Returns one
   // [bags of t, dim of t] output per table.
   m.def(
       "hashed_bags_forward(Tensor[] weights, Tensor indices, Tensor offsets, "
       "Tensor? per_sample_weights, int[] table_bags, int[] poolings, int[] layouts) "
       "-> Tensor[]");
+  // hashed_bags_forward that also returns where each id's blocks lie, for the backward
+  // pass of the same call (its `positions`): int64 [indices, P], P the most blocks per
+  // id (dim / chunk) of the call's block-mode tables, row i holding id i's packed
+  // blocks (element-mode tables keep nothing). The CUDA kernels keep nothing and
+  // return [0, P].
+  m.def(
+      "hashed_bags_forward_keep(Tensor[] weights, Tensor indices, Tensor offsets, "
+      "Tensor? per_sample_weights, int[] table_bags, int[] poolings, int[] layouts) "
+      "-> (Tensor[], Tensor)");
   // Returns (grad_weight per table, dense like its weight; grad_per_sample_weights or empty).
   m.def(
       "hashed_bags_backward(Tensor[] grad_outputs, Tensor[] weights, Tensor indices, "
       "Tensor offsets, Tensor? per_sample_weights, int[] table_bags, int[] poolings, "
-      "int[] layouts, bool psw_grad) -> (Tensor[], Tensor)");
+      "int[] layouts, bool psw_grad, Tensor? positions=None) -> (Tensor[], Tensor)");
   // The backward pass fused with SGD: weight -= lr * grad_weight, in place, without
   // a dense gradient. Returns grad_per_sample_weights (taken before the update) or empty.
   m.def(
       "hashed_bags_sgd_(Tensor(a!)[] weights, Tensor[] grad_outputs, Tensor indices, "
       "Tensor offsets, Tensor? per_sample_weights, int[] table_bags, int[] poolings, "
-      "int[] layouts, float lr, bool psw_grad) -> Tensor");
+      "int[] layouts, float lr, bool psw_grad, Tensor? positions=None) -> Tensor");
   // Fills `weight` with U(low, high) drawn from the global coordinates
   // (row + row_offset, col + col_offset): identical values under every plan.
   m.def(

@@ -31,6 +31,7 @@ from torchrec_ext.ops import (
     hashed_bag,
     hashed_bags,
     hashed_bags_backward,
+    hashed_bags_keep,
     hashed_bags_sgd_,
 )
 
@@ -202,14 +203,20 @@ class HashedEmbeddingBagConfig(EmbeddingBagConfig):
         return hashed_bags(weights, values, offsets, psw, table_bags, poolings, layouts)
 
     @staticmethod
-    def backward_batch(layouts, grads, weights, values, offsets, psw, table_bags, poolings, need_psw):
+    def pool_batch_keep(layouts, weights, values, offsets, psw, table_bags, poolings):
+        """pool_batch plus the block positions (the backward reads them instead of hashing)."""
+        return hashed_bags_keep(weights, values, offsets, psw, table_bags, poolings, layouts)
+
+    @staticmethod
+    def backward_batch(layouts, grads, weights, values, offsets, psw, table_bags, poolings, need_psw, kept=None):
         gw, gpsw = hashed_bags_backward(grads, weights, values, offsets, psw, table_bags, poolings, layouts,
-                                        need_psw)
+                                        need_psw, kept)
         return [[(None, g)] for g in gw], gpsw
 
     @staticmethod
-    def sgd_batch_(layouts, weights, grads, values, offsets, psw, table_bags, poolings, lr, need_psw):
-        return hashed_bags_sgd_(weights, grads, values, offsets, psw, table_bags, poolings, layouts, lr, need_psw)
+    def sgd_batch_(layouts, weights, grads, values, offsets, psw, table_bags, poolings, lr, need_psw, kept=None):
+        return hashed_bags_sgd_(weights, grads, values, offsets, psw, table_bags, poolings, layouts, lr, need_psw,
+                                kept)
 
 
 class HashedEmbeddingBagCollection(ExtEmbeddingBagCollection):

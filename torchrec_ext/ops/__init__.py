@@ -7,6 +7,7 @@ from torchrec_ext.ops.hashed import (  # noqa: F401
     hashed_bag_sgd_,
     hashed_bags,
     hashed_bags_backward,
+    hashed_bags_keep,
     hashed_bags_sgd_,
 )
 from torchrec_ext.ops.qr import QRShardLayout, qr_bag, qr_bag_backward, qr_bags, qr_bags_backward  # noqa: F401

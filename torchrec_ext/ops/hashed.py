@@ -43,16 +43,26 @@ def _forward_fake(weights, indices, offsets, per_sample_weights, table_bags, poo
     return [w.new_empty((n, w.shape[1])) for w, n in zip(weights, bag_counts(table_bags))]
 
 
+@torch.library.register_fake("torchrec_ext::hashed_bags_forward_keep")
+def _forward_keep_fake(weights, indices, offsets, per_sample_weights, table_bags, poolings, layouts):
+    out = _forward_fake(weights, indices, offsets, per_sample_weights, table_bags, poolings, layouts)
+    n = len(HashedShardLayout.__dataclass_fields__)  # ints per table in `layouts`
+    cols = max((w.shape[1] // layouts[n * t + 1] for t, w in enumerate(weights) if layouts[n * t] == 1),
+               default=0)
+    rows = indices.shape[0] if indices.device.type == "cpu" else 0  # CUDA keeps nothing
+    return out, indices.new_empty((rows, cols), dtype=torch.int64)
+
+
 @torch.library.register_fake("torchrec_ext::hashed_bags_backward")
 def _backward_fake(grad_outputs, weights, indices, offsets, per_sample_weights, table_bags, poolings,
-                   layouts, psw_grad):
+                   layouts, psw_grad, positions=None):
     n = indices.shape[0] if psw_grad else 0
     return [torch.empty_like(w) for w in weights], indices.new_empty((n,), dtype=torch.float32)
 
 
 @torch.library.register_fake("torchrec_ext::hashed_bags_sgd_")
 def _sgd_fake(weights, grad_outputs, indices, offsets, per_sample_weights, table_bags, poolings,
-              layouts, lr, psw_grad):
+              layouts, lr, psw_grad, positions=None):
     n = indices.shape[0] if psw_grad else 0
     return indices.new_empty((n,), dtype=torch.float32)
 
@@ -74,13 +84,28 @@ def hashed_bags(weights: Sequence[torch.Tensor], indices: torch.Tensor, offsets:
                                     list(poolings), flat_layouts(layouts))
 
 
+def hashed_bags_keep(weights: Sequence[torch.Tensor], indices: torch.Tensor, offsets: torch.Tensor,
+                     per_sample_weights: Optional[torch.Tensor], table_bags: Sequence[int],
+                     poolings: Sequence[int], layouts: Sequence[HashedShardLayout]):
+    """`hashed_bags` (not differentiable) that also returns where each id's blocks lie
+    (CPU; empty on CUDA, whose kernels recompute them): pass it as `positions` to the
+    backward of the same call, which then reads them instead of hashing every id again
+    (the fused training path)."""
+    out, positions = _ops.hashed_bags_forward_keep(list(weights), indices, offsets, per_sample_weights,
+                                                   list(table_bags), list(poolings), flat_layouts(layouts))
+    return list(out), positions
+
+
 def hashed_bags_backward(grad_outputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
                          indices: torch.Tensor, offsets: torch.Tensor,
                          per_sample_weights: Optional[torch.Tensor], table_bags: Sequence[int],
-                         poolings: Sequence[int], layouts: Sequence[HashedShardLayout], psw_grad: bool):
-    """(dense weight gradient per table, psw gradient or empty) of `hashed_bags`."""
+                         poolings: Sequence[int], layouts: Sequence[HashedShardLayout], psw_grad: bool,
+                         positions: Optional[torch.Tensor] = None):
+    """(dense weight gradient per table, psw gradient or empty) of `hashed_bags`;
+    `positions` from `hashed_bags_keep` of the same call spares the hashing."""
     gw, gpsw = _ops.hashed_bags_backward(list(grad_outputs), list(weights), indices, offsets, per_sample_weights,
-                                         list(table_bags), list(poolings), flat_layouts(layouts), psw_grad)
+                                         list(table_bags), list(poolings), flat_layouts(layouts), psw_grad,
+                                         positions)
     return list(gw), gpsw
 
 
@@ -88,11 +113,13 @@ def hashed_bags_sgd_(weights: Sequence[torch.Tensor], grad_outputs: Sequence[tor
                      indices: torch.Tensor, offsets: torch.Tensor,
                      per_sample_weights: Optional[torch.Tensor], table_bags: Sequence[int],
                      poolings: Sequence[int], layouts: Sequence[HashedShardLayout], lr: float,
-                     psw_grad: bool) -> torch.Tensor:
+                     psw_grad: bool, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Backward fused with SGD: `weight -= lr * grad_weight` in place for every table, with
-    no dense gradient. Returns the psw gradient (from the weights before the update) or empty."""
+    no dense gradient. Returns the psw gradient (from the weights before the update) or empty.
+    `positions` as in `hashed_bags_backward`."""
     return _ops.hashed_bags_sgd_(list(weights), list(grad_outputs), indices, offsets, per_sample_weights,
-                                 list(table_bags), list(poolings), flat_layouts(layouts), lr, psw_grad)
+                                 list(table_bags), list(poolings), flat_layouts(layouts), lr, psw_grad,
+                                 positions)
 
 
 def hashed_bag(weight: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor,

@@ -8,7 +8,11 @@ A kind that batches gives its config class (see modules/table_kind.py):
   backward_batch(states, grads, weights, ...) -> ([[(rows or None, grad)] per piece] per shard, psw grad)
 and may give sgd_batch_(states, weights, grads, ..., lr, need_psw) -> psw grad, the
 backward pass fused with SGD in place. `weights` lists every shard's pieces, shard
-after shard.
+after shard. A kind may also give
+  pool_batch_keep(states, weights, values, ...) -> ([out per shard], kept)
+whose `kept` (what the forward pass found that the backward pass needs again, e.g. the
+hashed tables' block positions) the fused path hands to backward_batch and sgd_batch_
+as `kept=`.
 
 Dynamic tables batch the same way (sharding/dynamic_batch.py). Set
 TORCHREC_EXT_TABLE_BATCHING=0 (read when the model is sharded) to give every shard
@@ -47,14 +51,20 @@ class _FusedBatchLookup(torch.autograd.Function):
         ctx.has_psw = psw is not None
         ctx.num_weights = len(weights)
         ctx.save_for_backward(values, offsets, psw)
-        return tuple(batch.pool([w.detach() for w in weights], values, offsets, psw, table_bags))
+        weights = [w.detach() for w in weights]
+        if any(ctx.needs_input_grad[5:]):  # a backward pass will follow
+            out, ctx.kept = batch.pool_keep(weights, values, offsets, psw, table_bags)
+        else:
+            out, ctx.kept = batch.pool(weights, values, offsets, psw, table_bags), None
+        return tuple(out)
 
     @staticmethod
     def backward(ctx, *grads):
         values, offsets, psw = ctx.saved_tensors
         need_psw = ctx.has_psw and ctx.needs_input_grad[4]
+        kept, ctx.kept = ctx.kept, None  # freed with this step, not with the graph
         gpsw = ctx.batch.backward_and_update([g.contiguous() for g in grads], values, offsets,
-                                             psw if ctx.has_psw else None, ctx.table_bags, need_psw)
+                                             psw if ctx.has_psw else None, ctx.table_bags, need_psw, kept)
         return (None, None, None, None, gpsw if need_psw else None) + (None,) * ctx.num_weights
 
 
@@ -81,14 +91,23 @@ class TableBatch:
     def pool(self, weights, values, offsets, psw, table_bags) -> List[torch.Tensor]:
         return self.kind.pool_batch(self.states, weights, values, offsets, psw, table_bags, self.poolings)
 
-    def backward_and_update(self, grads, values, offsets, psw, table_bags, need_psw) -> Optional[torch.Tensor]:
+    def pool_keep(self, weights, values, offsets, psw, table_bags):
+        """pool, and what the kind keeps from it for its backward pass (None: nothing)."""
+        keep = getattr(self.kind, "pool_batch_keep", None)
+        if keep is None:
+            return self.pool(weights, values, offsets, psw, table_bags), None
+        return keep(self.states, weights, values, offsets, psw, table_bags, self.poolings)
+
+    def backward_and_update(self, grads, values, offsets, psw, table_bags, need_psw,
+                            kept=None) -> Optional[torch.Tensor]:
         optimizer = self.shards[0].optimizer
         weights = [w.data for w in self.weights()]
+        extra = {} if kept is None else {"kept": kept}
         if optimizer.kind == SGD and self._sgd_in_place:  # no gradient the size of the state
             return self.kind.sgd_batch_(self.states, weights, grads, values, offsets, psw, table_bags,
-                                        self.poolings, optimizer.lr, need_psw)
+                                        self.poolings, optimizer.lr, need_psw, **extra)
         per_shard, gpsw = self.kind.backward_batch(self.states, grads, weights, values, offsets, psw,
-                                                   table_bags, self.poolings, need_psw)
+                                                   table_bags, self.poolings, need_psw, **extra)
         for shard, piece_grads in zip(self.shards, per_shard):
             shard.apply_optimizer(piece_grads)
         return gpsw

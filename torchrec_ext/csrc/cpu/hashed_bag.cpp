@@ -8,12 +8,16 @@
 // window overlap instead of waiting one after another. The backward pass takes a
 // destination and a factor, so one kernel writes a dense gradient (dst = zeros,
 // alpha = 1) or applies SGD to the buffer in place (dst = weight, alpha = -lr),
-// which spares a gradient the size of the buffer and a pass over all of it.
+// which spares a gradient the size of the buffer and a pass over all of it. The fused
+// training path keeps block mode's positions from the forward pass (one packed word
+// per block, see Addresser::pack) so that the backward pass reads them instead of
+// hashing every id again.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -52,10 +56,13 @@ struct Addresser {
   int64_t D, Z, C, first_region;
   FastDiv per_region, slots, starts, chunk;
 
+  bool z_pow2;  // Z is a power of two: a position's column within its block is a mask
+
   Addresser(const HashedLayout& layout, int64_t dim)
       : L(layout), D(dim), Z(layout.chunk), C(dim / layout.chunk),
         first_region(layout.first_region()), per_region(layout.rows_per_region),
-        slots(layout.slots), starts(layout.starts), chunk(layout.chunk) {}
+        slots(layout.slots), starts(layout.starts), chunk(layout.chunk),
+        z_pow2((layout.chunk & (layout.chunk - 1)) == 0) {}
 
   int64_t region(int64_t local_id) const {
     return static_cast<int64_t>(per_region.div(static_cast<uint64_t>(local_id + L.id_offset))) -
@@ -90,19 +97,77 @@ struct Addresser {
       }
     }
   }
+
+  // A block-mode segment as one word, for the positions cache: bits 0..61 hold `a`,
+  // bit 62 says the block's second part wraps to the region's first slot, bit 63 is
+  // the sign. (A buffer of 2^62 elements is far beyond any memory.)
+  static constexpr uint64_t kSignBit = 1ULL << 63, kWrapBit = 1ULL << 62, kPosMask = kWrapBit - 1;
+  static uint64_t pack(const Segment& s) {
+    // b < a exactly when the next slot wrapped to the region's first (or when the
+    // block has no second part, where b is never read).
+    return static_cast<uint64_t>(s.a) | (s.b < s.a ? kWrapBit : 0) | (s.sign < 0 ? kSignBit : 0);
+  }
+
+  // pack's inverse; prefetches what the segment covers in `w`, as locate does. False
+  // (and a segment of sign 0 at the buffer's start) for a word that is not a block of
+  // a buffer of `numel` elements: a cache that is not this call's cannot reach
+  // outside the buffer.
+  template <typename scalar_t>
+  bool unpack(uint64_t p, const scalar_t* w, int64_t numel, Segment* seg) const {
+    seg->a = static_cast<int64_t>(p & kPosMask);
+    // Z divides D, so a block's column offset is a's remainder modulo Z.
+    const int64_t col = z_pow2 ? (seg->a & (Z - 1))
+                               : static_cast<int64_t>(chunk.mod(static_cast<uint64_t>(seg->a)));
+    seg->len1 = Z - col;
+    const int64_t first = seg->a - col;  // the block's first column in its slot's row
+    seg->b = (p & kWrapBit) ? first - (L.slots - 1) * D : first + D;
+    seg->sign = (p & kSignBit) ? -1.0 : 1.0;
+    if (seg->a + seg->len1 > numel || (col && (seg->b < 0 || seg->b + col > numel))) {
+      *seg = Segment{0, 0, Z, 0.0};
+      return false;
+    }
+    __builtin_prefetch(w + seg->a);
+    __builtin_prefetch(w + seg->a + seg->len1 - 1);
+    if (col) __builtin_prefetch(w + seg->b);
+    return true;
+  }
 };
 
-// Walks ids [i0, i1) in windows: locates (and prefetches) every id of a window into
-// win[(i - w0) * C ..], then calls visit(i, segments of i) for each.
+// The positions cache of one table in a call: id i's packed segments are
+// at[i * stride + c] (c < C). Null `at`: not kept (element mode, or not asked for).
+struct Positions {
+  uint64_t* at = nullptr;
+  int64_t stride = 0;
+  int64_t numel = 0;           // elements of the table's buffer (what unpack checks against)
+  std::atomic<bool>* bad = nullptr;  // set when a word is not a block of the buffer
+};
+
+// Walks ids [i0, i1) in windows: finds (and prefetches) the segments of every id of a
+// window into win[(i - w0) * C ..], then calls visit(i, segments of i) for each. The
+// segments come from the positions cache when `from` holds it, else from the hashes;
+// a `keep` that holds a cache is filled with them.
 template <typename scalar_t, typename Visit>
 inline void windowed(const Addresser& A, const scalar_t* w, const int64_t* idx, int64_t i0,
-                     int64_t i1, std::vector<Segment>& win, Visit&& visit) {
-  const int64_t per = std::max<int64_t>(1, kWindowSegments / A.C);
-  win.resize(per * A.C);
+                     int64_t i1, std::vector<Segment>& win, Positions from, Positions keep,
+                     Visit&& visit) {
+  const int64_t C = A.C, per = std::max<int64_t>(1, kWindowSegments / C);
+  win.resize(per * C);
   for (int64_t w0 = i0; w0 < i1; w0 += per) {
     const int64_t w1 = std::min(i1, w0 + per);
-    for (int64_t i = w0; i < w1; ++i) A.locate(idx[i], 0, A.C, w, &win[(i - w0) * A.C]);
-    for (int64_t i = w0; i < w1; ++i) visit(i, &win[(i - w0) * A.C]);
+    for (int64_t i = w0; i < w1; ++i) {
+      Segment* seg = &win[(i - w0) * C];
+      if (from.at) {
+        for (int64_t c = 0; c < C; ++c) {
+          if (!A.unpack(from.at[i * from.stride + c], w, from.numel, seg + c)) *from.bad = true;
+        }
+      } else {
+        A.locate(idx[i], 0, C, w, seg);
+      }
+      if (keep.at) {
+        for (int64_t c = 0; c < C; ++c) keep.at[i * keep.stride + c] = Addresser::pack(seg[c]);
+      }
+    }
+    for (int64_t i = w0; i < w1; ++i) visit(i, &win[(i - w0) * C]);
   }
 }
 
@@ -162,7 +227,7 @@ inline bool chunk_axpy(scalar_t* dst, float s, const scalar_t* g, const Segment&
 template <typename scalar_t>
 void forward_range(const scalar_t* w, const Addresser& A, const int64_t* idx,
                    const int64_t* off, const float* psw, int64_t b0, int64_t b1, bool mean,
-                   scalar_t* out) {
+                   Positions keep, scalar_t* out) {
   using acc_t = acc_type<scalar_t>;
   const int64_t D = A.D, Z = A.Z, C = A.C;
   std::vector<acc_t> acc(D);
@@ -174,7 +239,7 @@ void forward_range(const scalar_t* w, const Addresser& A, const int64_t* idx,
     for (int64_t j = 0; j < D; ++j) out[bag * D + j] = static_cast<scalar_t>(acc[j] * scale);
     std::fill(acc.begin(), acc.end(), acc_t(0));
   };
-  windowed(A, w, idx, off[b0], off[b1], win, [&](int64_t i, const Segment* seg) {
+  windowed(A, w, idx, off[b0], off[b1], win, Positions{}, keep, [&](int64_t i, const Segment* seg) {
     while (i >= bag_end) {  // bags in order; empty ones are written as the walk passes them
       if (b >= b0) finish(b);
       ++b;
@@ -206,11 +271,11 @@ void forward_range(const scalar_t* w, const Addresser& A, const int64_t* idx,
 // dst += alpha * d(out)/d(weight) . grad_output over units [u0, u1) of one table (a
 // unit is a (local row region, column region) pair): scans the table's bags
 // [b0, b1) and applies the ids that fall in those units. Bag b's gradient row is
-// go[b * D].
+// go[b * D]. The segments come from the positions cache `from` when it holds one.
 template <typename scalar_t>
 void backward_range(const scalar_t* go, const Addresser& A, const int64_t* idx,
                     const int64_t* off, const float* psw, int64_t b0, int64_t b1, bool mean,
-                    int64_t u0, int64_t u1, double alpha, scalar_t* dst) {
+                    int64_t u0, int64_t u1, double alpha, Positions from, scalar_t* dst) {
   using acc_t = acc_type<scalar_t>;
   const int64_t D = A.D, Z = A.Z, C = A.C;
   struct Job {
@@ -249,9 +314,16 @@ void backward_range(const scalar_t* go, const Addresser& A, const int64_t* idx,
       const int64_t c_hi = std::min<int64_t>(u1 - r * C, C);
       if (c_lo >= c_hi) continue;
       const double pw = scale * (psw ? psw[i] : 1.0);
-      A.locate(idx[i], c_lo, c_hi, dst, seg.data());
+      if (from.at) {
+        for (int64_t c = c_lo; c < c_hi; ++c) {
+          if (!A.unpack(from.at[i * from.stride + c], dst, from.numel, &seg[c - c_lo])) *from.bad = true;
+        }
+      } else {
+        A.locate(idx[i], c_lo, c_hi, dst, seg.data());
+      }
       for (int64_t c = c_lo; c < c_hi; ++c) {
         const Segment& sc = seg[c - c_lo];
+        if (sc.sign == 0.0) continue;  // a word unpack refused: nothing is written
         jobs.push_back({sc, go + b * D + c * Z, static_cast<acc_t>(pw * sc.sign)});
       }
       if (static_cast<int64_t>(jobs.size()) >= kWindowSegments) flush();
@@ -264,11 +336,11 @@ void backward_range(const scalar_t* go, const Addresser& A, const int64_t* idx,
 template <typename scalar_t>
 void psw_grad_range(const scalar_t* go, const scalar_t* w, const Addresser& A,
                     const int64_t* idx, const int64_t* off, int64_t b0, int64_t b1, bool mean,
-                    float* gpsw) {
+                    Positions from, float* gpsw) {
   const int64_t D = A.D, Z = A.Z, C = A.C;
   std::vector<Segment> win;
   int64_t b = b0;
-  windowed(A, w, idx, off[b0], off[b1], win, [&](int64_t i, const Segment* seg) {
+  windowed(A, w, idx, off[b0], off[b1], win, from, Positions{}, [&](int64_t i, const Segment* seg) {
     while (i >= off[b + 1]) ++b;
     const int64_t n = off[b + 1] - off[b];
     const double scale = mean ? 1.0 / static_cast<double>(n) : 1.0;
@@ -300,7 +372,17 @@ struct Table {
   int64_t bag0, bag1;
   bool mean;
   int64_t units;  // (row region, column region) pairs of its buffer
+  int64_t numel;  // elements of its buffer
 };
+
+// Table t's view of a call's positions cache (checked by hashed_positions_kept):
+// block-mode tables only.
+Positions positions_of(const Table& T, const std::optional<at::Tensor>& positions, bool kept,
+                       std::atomic<bool>* bad) {
+  if (!kept || T.A.L.mode != 1) return {};
+  return {reinterpret_cast<uint64_t*>(positions->data_ptr<int64_t>()), positions->size(1), T.numel,
+          bad};
+}
 
 std::vector<Table> tables_of(const at::TensorList weights, const at::Tensor& indices,
                              const at::Tensor& offsets, const std::optional<at::Tensor>& psw,
@@ -316,7 +398,7 @@ std::vector<Table> tables_of(const at::TensorList weights, const at::Tensor& ind
     check_hashed_ids(indices.slice(0, off[table_bags[t]], off[table_bags[t + 1]]), weights[t], L);
     const Addresser A(L, weights[t].size(1));
     tables.push_back({A, table_bags[t], table_bags[t + 1], poolings[t] == 1,
-                      (weights[t].size(0) / L.slots) * A.C});
+                      (weights[t].size(0) / L.slots) * A.C, weights[t].numel()});
   }
   return tables;
 }
@@ -340,33 +422,64 @@ void table_by_table(size_t num_tables, Count&& count, int64_t grain, Fn&& fn) {
   });
 }
 
-std::vector<at::Tensor> hashed_bags_forward_cpu(
+// The forward pass; with `keep`, also the positions cache of the call (block-mode
+// tables' rows; rows no block table writes are zero, so the result is deterministic).
+std::tuple<std::vector<at::Tensor>, at::Tensor> forward_into(
     const at::TensorList weights, const at::Tensor& indices, const at::Tensor& offsets,
     const std::optional<at::Tensor>& per_sample_weights, at::IntArrayRef table_bags,
-    at::IntArrayRef poolings, at::IntArrayRef layouts) {
+    at::IntArrayRef poolings, at::IntArrayRef layouts, bool keep) {
   auto idx = indices.contiguous();
   auto off = offsets.contiguous();
   auto psw = float_weights(per_sample_weights);
   const auto tables = tables_of(weights, idx, off, psw, table_bags, poolings, layouts);
+  const int64_t* ip = idx.data_ptr<int64_t>();
+  const int64_t* op = off.data_ptr<int64_t>();
+  std::optional<at::Tensor> positions;
+  if (keep) {
+    const int64_t cols = hashed_position_columns(weights, layouts);
+    // Every row filled: each id belongs to a block table of `cols` blocks per id.
+    bool full = tables.empty() ? idx.numel() == 0
+                               : op[tables.front().bag0] == 0 && op[tables.back().bag1] == idx.numel();
+    for (const Table& T : tables) full = full && T.A.L.mode == 1 && T.A.C == cols;
+    const auto opts = idx.options().dtype(at::kLong);
+    positions = full ? at::empty({idx.numel(), cols}, opts) : at::zeros({idx.numel(), cols}, opts);
+  }
+  const bool kept = positions && positions->numel() > 0;
   std::vector<at::Tensor> w, out;
   for (size_t t = 0; t < tables.size(); ++t) {
     w.push_back(weights[t].contiguous());
     out.push_back(at::empty({tables[t].bag1 - tables[t].bag0, tables[t].A.D}, w[t].options()));
   }
-  if (tables.empty()) return out;
-  const int64_t* ip = idx.data_ptr<int64_t>();
-  const int64_t* op = off.data_ptr<int64_t>();
   const float* pp = psw ? psw->data_ptr<float>() : nullptr;
-  AT_DISPATCH_FLOATING_TYPES(w[0].scalar_type(), "hashed_bags_forward_cpu", [&] {
-    // One parallel region for the bags of every table.
-    table_by_table(tables.size(), [&](size_t t) { return tables[t].bag1 - tables[t].bag0; }, 64,
-                   [&](size_t t, int64_t lo, int64_t hi) {
-      const Table& T = tables[t];
-      forward_range<scalar_t>(w[t].data_ptr<scalar_t>(), T.A, ip, op, pp, T.bag0 + lo, T.bag0 + hi,
-                              T.mean, out[t].data_ptr<scalar_t>() - T.bag0 * T.A.D);
+  if (!tables.empty()) {
+    AT_DISPATCH_FLOATING_TYPES(w[0].scalar_type(), "hashed_bags_forward_cpu", [&] {
+      // One parallel region for the bags of every table.
+      table_by_table(tables.size(), [&](size_t t) { return tables[t].bag1 - tables[t].bag0; }, 64,
+                     [&](size_t t, int64_t lo, int64_t hi) {
+        const Table& T = tables[t];
+        forward_range<scalar_t>(w[t].data_ptr<scalar_t>(), T.A, ip, op, pp, T.bag0 + lo, T.bag0 + hi,
+                                T.mean, positions_of(T, positions, kept, nullptr),
+                                out[t].data_ptr<scalar_t>() - T.bag0 * T.A.D);
+      });
     });
-  });
-  return out;
+  }
+  return {out, positions ? *positions : at::Tensor()};
+}
+
+std::vector<at::Tensor> hashed_bags_forward_cpu(
+    const at::TensorList weights, const at::Tensor& indices, const at::Tensor& offsets,
+    const std::optional<at::Tensor>& per_sample_weights, at::IntArrayRef table_bags,
+    at::IntArrayRef poolings, at::IntArrayRef layouts) {
+  return std::get<0>(forward_into(weights, indices, offsets, per_sample_weights, table_bags,
+                                  poolings, layouts, false));
+}
+
+std::tuple<std::vector<at::Tensor>, at::Tensor> hashed_bags_forward_keep_cpu(
+    const at::TensorList weights, const at::Tensor& indices, const at::Tensor& offsets,
+    const std::optional<at::Tensor>& per_sample_weights, at::IntArrayRef table_bags,
+    at::IntArrayRef poolings, at::IntArrayRef layouts) {
+  return forward_into(weights, indices, offsets, per_sample_weights, table_bags, poolings, layouts,
+                      true);
 }
 
 // Shared by the two backward ops: psw gradient first (it reads the weights as they
@@ -375,12 +488,14 @@ at::Tensor backward_into(const at::TensorList grad_outputs, const at::TensorList
                          const at::Tensor& indices, const at::Tensor& offsets,
                          const std::optional<at::Tensor>& per_sample_weights,
                          at::IntArrayRef table_bags, at::IntArrayRef poolings,
-                         at::IntArrayRef layouts, bool psw_grad, double alpha,
-                         std::vector<at::Tensor>& dst, const char* op) {
+                         at::IntArrayRef layouts, const std::optional<at::Tensor>& positions,
+                         bool psw_grad, double alpha, std::vector<at::Tensor>& dst, const char* op) {
   auto idx = indices.contiguous();
   auto off = offsets.contiguous();
   auto psw = float_weights(per_sample_weights);
   const auto tables = tables_of(weights, idx, off, psw, table_bags, poolings, layouts);
+  const bool kept = hashed_positions_kept(positions, weights, idx, layouts, op);
+  std::atomic<bool> bad{false};
   const auto go = hashed_batch_grads(grad_outputs, weights, table_bags, op);
   auto gpsw = psw_grad ? at::zeros({indices.numel()}, offsets.options().dtype(at::kFloat))
                        : at::empty({0}, offsets.options().dtype(at::kFloat));
@@ -397,7 +512,8 @@ at::Tensor backward_into(const at::TensorList grad_outputs, const at::TensorList
                      [&](size_t t, int64_t lo, int64_t hi) {
         const Table& T = tables[t];
         psw_grad_range<scalar_t>(grad_of(t), w[t].data_ptr<scalar_t>(), T.A, ip, offp, T.bag0 + lo,
-                                 T.bag0 + hi, T.mean, gpsw.data_ptr<float>());
+                                 T.bag0 + hi, T.mean, positions_of(T, positions, kept, &bad),
+                                 gpsw.data_ptr<float>());
       });
     }
     // One parallel region for the units of every table; a thread owns its units.
@@ -405,9 +521,11 @@ at::Tensor backward_into(const at::TensorList grad_outputs, const at::TensorList
                    [&](size_t t, int64_t lo, int64_t hi) {
       const Table& T = tables[t];
       backward_range<scalar_t>(grad_of(t), T.A, ip, offp, pp, T.bag0, T.bag1, T.mean, lo, hi, alpha,
-                               dst[t].data_ptr<scalar_t>());
+                               positions_of(T, positions, kept, &bad), dst[t].data_ptr<scalar_t>());
     });
   });
+  TORCH_CHECK(!bad, op, ": positions hold blocks outside the buffers; they must come from "
+              "hashed_bags_forward_keep of the same ids and tables (the blocks inside were applied)");
   return gpsw;
 }
 
@@ -415,11 +533,11 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> hashed_bags_backward_cpu(
     const at::TensorList grad_outputs, const at::TensorList weights, const at::Tensor& indices,
     const at::Tensor& offsets, const std::optional<at::Tensor>& per_sample_weights,
     at::IntArrayRef table_bags, at::IntArrayRef poolings, at::IntArrayRef layouts,
-    bool psw_grad) {
+    bool psw_grad, const std::optional<at::Tensor>& positions) {
   std::vector<at::Tensor> gw;
   for (const auto& w : weights) gw.push_back(at::zeros(w.sizes(), w.options()));
   auto gpsw = backward_into(grad_outputs, weights, indices, offsets, per_sample_weights,
-                            table_bags, poolings, layouts, psw_grad, 1.0, gw,
+                            table_bags, poolings, layouts, positions, psw_grad, 1.0, gw,
                             "hashed_bags_backward");
   return {gw, gpsw};
 }
@@ -428,10 +546,11 @@ at::Tensor hashed_bags_sgd_cpu(at::TensorList weights, const at::TensorList grad
                                const at::Tensor& indices, const at::Tensor& offsets,
                                const std::optional<at::Tensor>& per_sample_weights,
                                at::IntArrayRef table_bags, at::IntArrayRef poolings,
-                               at::IntArrayRef layouts, double lr, bool psw_grad) {
+                               at::IntArrayRef layouts, double lr, bool psw_grad,
+                               const std::optional<at::Tensor>& positions) {
   std::vector<at::Tensor> dst = hashed_batch_in_place(weights, "hashed_bags_sgd_");
   return backward_into(grad_outputs, weights, indices, offsets, per_sample_weights, table_bags,
-                       poolings, layouts, psw_grad, -lr, dst, "hashed_bags_sgd_");
+                       poolings, layouts, positions, psw_grad, -lr, dst, "hashed_bags_sgd_");
 }
 
 at::Tensor coord_uniform_cpu(at::Tensor& weight, int64_t row_offset, int64_t col_offset,
@@ -456,6 +575,7 @@ at::Tensor coord_uniform_cpu(at::Tensor& weight, int64_t row_offset, int64_t col
 
 TORCH_LIBRARY_IMPL(torchrec_ext, CPU, m) {
   m.impl("hashed_bags_forward", &hashed_bags_forward_cpu);
+  m.impl("hashed_bags_forward_keep", &hashed_bags_forward_keep_cpu);
   m.impl("hashed_bags_backward", &hashed_bags_backward_cpu);
   m.impl("hashed_bags_sgd_", &hashed_bags_sgd_cpu);
   m.impl("coord_uniform_", &coord_uniform_cpu);

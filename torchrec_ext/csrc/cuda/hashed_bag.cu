@@ -197,6 +197,25 @@ std::vector<at::Tensor> hashed_bags_forward_cuda(
   return out;
 }
 
+// The CUDA kernels keep no positions cache: they recompute an id's hashes in the
+// backward pass (a few integer operations per lane; whether a cache would pay on a GPU
+// is unmeasured). Their forward_keep returns an empty cache, and the backward ops
+// refuse a full one.
+void check_no_positions(const std::optional<at::Tensor>& positions, const char* op) {
+  TORCH_CHECK(!positions || positions->numel() == 0, op,
+              ": the CUDA kernels keep no positions; pass an empty positions tensor");
+}
+
+std::tuple<std::vector<at::Tensor>, at::Tensor> hashed_bags_forward_keep_cuda(
+    const at::TensorList weights, const at::Tensor& indices, const at::Tensor& offsets,
+    const std::optional<at::Tensor>& per_sample_weights, at::IntArrayRef table_bags,
+    at::IntArrayRef poolings, at::IntArrayRef layouts) {
+  auto out = hashed_bags_forward_cuda(weights, indices, offsets, per_sample_weights, table_bags,
+                                      poolings, layouts);
+  return {out, at::empty({0, hashed_position_columns(weights, layouts)},
+                         indices.options().dtype(at::kLong))};
+}
+
 // Shared by the two backward ops: psw gradient first (from the weights as they were in
 // forward), then dst[t] += alpha * weight gradient of table t.
 at::Tensor backward_into(const at::TensorList grad_outputs, const at::TensorList weights,
@@ -240,7 +259,8 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> hashed_bags_backward_cuda(
     const at::TensorList grad_outputs, const at::TensorList weights, const at::Tensor& indices,
     const at::Tensor& offsets, const std::optional<at::Tensor>& per_sample_weights,
     at::IntArrayRef table_bags, at::IntArrayRef poolings, at::IntArrayRef layouts,
-    bool psw_grad) {
+    bool psw_grad, const std::optional<at::Tensor>& positions) {
+  check_no_positions(positions, "hashed_bags_backward");
   std::vector<at::Tensor> gw;
   for (const auto& w : weights) gw.push_back(at::zeros(w.sizes(), w.options()));
   auto gpsw = backward_into(grad_outputs, weights, indices, offsets, per_sample_weights,
@@ -253,7 +273,9 @@ at::Tensor hashed_bags_sgd_cuda(at::TensorList weights, const at::TensorList gra
                                 const at::Tensor& indices, const at::Tensor& offsets,
                                 const std::optional<at::Tensor>& per_sample_weights,
                                 at::IntArrayRef table_bags, at::IntArrayRef poolings,
-                                at::IntArrayRef layouts, double lr, bool psw_grad) {
+                                at::IntArrayRef layouts, double lr, bool psw_grad,
+                                const std::optional<at::Tensor>& positions) {
+  check_no_positions(positions, "hashed_bags_sgd_");
   const auto dst = hashed_batch_in_place(weights, "hashed_bags_sgd_");
   return backward_into(grad_outputs, weights, indices, offsets, per_sample_weights, table_bags,
                        poolings, layouts, psw_grad, static_cast<float>(-lr), dst,
@@ -281,6 +303,7 @@ at::Tensor coord_uniform_cuda(at::Tensor& weight, int64_t row_offset, int64_t co
 
 TORCH_LIBRARY_IMPL(torchrec_ext, CUDA, m) {
   m.impl("hashed_bags_forward", &hashed_bags_forward_cuda);
+  m.impl("hashed_bags_forward_keep", &hashed_bags_forward_keep_cuda);
   m.impl("hashed_bags_backward", &hashed_bags_backward_cuda);
   m.impl("hashed_bags_sgd_", &hashed_bags_sgd_cuda);
   m.impl("coord_uniform_", &coord_uniform_cuda);
