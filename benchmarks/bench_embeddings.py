@@ -3,8 +3,12 @@
 Each variant runs in its own process (so its peak memory is its own) through the same
 step: forward + backward + optimizer step on power-law ids. TorchRec's EBC goes through
 DistributedModelParallel with FBGEMM's fused TBE (the baseline); torchrec_ext's tables go
-through DMP with their fused kernels; `nn.EmbeddingBag` trains with sparse SGD. Every
-speed is also given as a ratio to the baseline measured in the same run.
+through DMP with their fused kernels; `nn.EmbeddingBag` trains with sparse SGD.
+
+Every speed is also a ratio to the baseline, measured in pairs: the baseline's process
+stays up, and each variant's process takes turns with it, round by round (--rounds of
+--iters steps each, order swapped every round). A round's ratio is the baseline's median
+step over the variant's; the table gives the median ratio and the range over rounds.
 
     python benchmarks/bench_embeddings.py                      # default: 8 x 1M x 64, batch 4096
     python benchmarks/bench_embeddings.py --rows 100000 --iters 5 --variants baseline,qr_mult
@@ -20,6 +24,7 @@ import resource
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 VARIANTS = {
@@ -112,34 +117,47 @@ def table_bytes(module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
-def run_variant(variant: str, args) -> dict:
-    """Runs in a child process: builds, warms up, times; returns the measurements."""
-    import torch
-    import torch.distributed as dist
-    from tqdm import tqdm
+class Runner:
+    """Lives in a child process: builds one variant and times its step on request."""
 
-    device = torch.device(args.device)
-    if variant.endswith("_per_table"):  # read when the sharded kernels are built
-        os.environ["TORCHREC_EXT_TABLE_BATCHING"] = "0"
-    torch.set_num_threads(args.threads or torch.get_num_threads())
-    batches = make_batches(args, args.batches)
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    def __init__(self, variant: str, args):
+        import torch
 
-    if variant == "nn_embeddingbag":
-        tables = torch.nn.ModuleList(
-            torch.nn.EmbeddingBag(args.rows, args.dim, mode="sum", sparse=True, device=device)
-            for _ in range(args.tables))
-        opt = torch.optim.SGD(tables.parameters(), lr=0.01)
-        held_bytes = lambda: table_bytes(tables)  # noqa: E731
+        self.variant, self.args = variant, args
+        self.device = device = torch.device(args.device)
+        if variant.endswith("_per_table"):  # read when the sharded kernels are built
+            os.environ["TORCHREC_EXT_TABLE_BATCHING"] = "0"
+        torch.set_num_threads(args.threads or torch.get_num_threads())
+        self.rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        self.step, self.held_bytes = self._build()
+        self.batches = [b.to(device) for b in make_batches(args, args.batches)]
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self.served = 0  # batches handed out: dynamic_cold shifts each one to unseen ids
+        # dynamic_warm times only after every id has a row
+        warmup = max(args.warmup, len(self.batches)) if variant.startswith("dynamic_warm") else args.warmup
+        for _ in range(warmup):
+            self.step(self._next_batch())
+        self.sync()
 
-        def step(kjt):
-            opt.zero_grad()
-            outs = []
-            for t, jt in enumerate(kjt.to_dict().values()):
-                outs.append(tables[t](jt.values(), jt.offsets()[:-1]))
-            torch.cat(outs, dim=1).sum().backward()
-            opt.step()
-    else:
+    def _build(self):
+        import torch
+        import torch.distributed as dist
+
+        args, device = self.args, self.device
+        if self.variant == "nn_embeddingbag":
+            tables = torch.nn.ModuleList(
+                torch.nn.EmbeddingBag(args.rows, args.dim, mode="sum", sparse=True, device=device)
+                for _ in range(args.tables))
+            opt = torch.optim.SGD(tables.parameters(), lr=0.01)
+
+            def step(kjt):
+                opt.zero_grad()
+                outs = [tables[t](jt.values(), jt.offsets()[:-1]) for t, jt in enumerate(kjt.to_dict().values())]
+                torch.cat(outs, dim=1).sum().backward()
+                opt.step()
+
+            return step, lambda: table_bytes(tables)
+
         from fbgemm_gpu.split_embedding_configs import EmbOptimType
         from torchrec.distributed.model_parallel import DistributedModelParallel
         from torchrec.distributed.planner import ParameterConstraints, Topology
@@ -153,7 +171,7 @@ def run_variant(variant: str, args) -> dict:
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
         model = torch.nn.Module()
-        model.ebc = build(variant, args, device)
+        model.ebc = build(self.variant, args, device)
         sharders = get_sharders(fused_params={"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": 0.01})
         constraints = {f"t{t}": ParameterConstraints(sharding_types=[ShardingType.TABLE_WISE.value])
                        for t in range(args.tables)}
@@ -162,41 +180,145 @@ def run_variant(variant: str, args) -> dict:
         plan = planner.plan(model, sharders)
         dmp = DistributedModelParallel(model, env=ShardingEnv.from_process_group(dist.GroupMember.WORLD),
                                        plan=plan, sharders=sharders, device=device)
-        # after the run: a dynamic table holds what the batches created
-        held_bytes = lambda: sum(v.numel() * v.element_size() for v in _local_tensors(dmp.state_dict()))  # noqa: E731
 
         def step(kjt):
             out = dmp.module.ebc(kjt)
             out.values().sum().backward()  # embedding tables update in backward (fused)
 
-    batches = [b.to(device) for b in batches]
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    warmup = max(args.warmup, len(batches)) if variant.startswith("dynamic_warm") else args.warmup  # all ids seen
-    for i in range(warmup):
-        step(batches[i % len(batches)])
-    if variant == "dynamic_cold":  # every timed step brings ids no step has seen
-        batches = [_shift_ids(b, (i + 1) << 40) for i, b in enumerate(batches * (args.iters // len(batches) + 1))]
-    sync()
-    times = []
-    for i in tqdm(range(args.iters), desc=variant, leave=False, disable=not args.progress):
-        t0 = time.perf_counter()
-        step(batches[i % len(batches)])
-        sync()
-        times.append(time.perf_counter() - t0)
-    ids = args.batch * args.bag * args.tables
-    med = sorted(times)[len(times) // 2]
-    result = {
-        "variant": variant,
-        "description": VARIANTS[variant],
-        "step_ms": med * 1e3,
-        "ids_per_s": ids / med,
-        "table_bytes": held_bytes(),
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "rss_before_tables_bytes": rss_before,
-    }
-    if device.type == "cuda":
-        result["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
-    return result
+        # after the run: a dynamic table holds what the batches created
+        return step, lambda: sum(v.numel() * v.element_size() for v in _local_tensors(dmp.state_dict()))
+
+    def _next_batch(self):
+        kjt = self.batches[self.served % len(self.batches)]
+        self.served += 1
+        if self.variant == "dynamic_cold":  # every step brings ids no step has seen
+            kjt = _shift_ids(kjt, self.served << 40)
+        return kjt
+
+    def time(self, n: int) -> list:
+        """One untimed step (the other process has had the caches), then n timed ones."""
+        from tqdm import tqdm
+
+        batches = [self._next_batch() for _ in range(n + 1)]
+        self.step(batches[0])
+        self.sync()
+        times = []
+        for kjt in tqdm(batches[1:], desc=self.variant, leave=False, disable=not self.args.progress):
+            t0 = time.perf_counter()
+            self.step(kjt)
+            self.sync()
+            times.append(time.perf_counter() - t0)
+        return times
+
+    def stats(self) -> dict:
+        import torch
+
+        out = {"table_bytes": self.held_bytes(),
+               "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+               "rss_before_tables_bytes": self.rss_before}
+        if self.device.type == "cuda":
+            out["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
+        return out
+
+
+_REPLY = "@@bench "  # marks the child's answers among whatever else reaches its stdout
+
+
+def serve(variant: str, args) -> None:
+    """The child's loop: answers `time N`, `stats` and `quit` read from stdin."""
+    runner = Runner(variant, args)
+    print(_REPLY + json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        cmd = line.split()
+        if cmd[0] == "time":
+            print(_REPLY + json.dumps({"times": runner.time(int(cmd[1]))}), flush=True)
+        elif cmd[0] == "stats":
+            print(_REPLY + json.dumps(runner.stats()), flush=True)
+        else:
+            break
+
+
+class Child:
+    """A variant's process, seen from the parent."""
+
+    def __init__(self, variant: str):
+        self.variant = variant
+        self.err = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: nothing can block on it
+        cmd = [sys.executable, __file__, "--child", variant] + sys.argv[1:]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err,
+                                     text=True)
+        self._ask(None)  # wait until it is built and warm
+
+    def _ask(self, command):
+        if command is not None:
+            self.proc.stdin.write(command + "\n")
+            self.proc.stdin.flush()
+        for line in self.proc.stdout:
+            if line.startswith(_REPLY):
+                return json.loads(line[len(_REPLY):])
+        self.err.seek(0)
+        print(self.err.read()[-3000:], file=sys.stderr)
+        raise SystemExit(f"variant {self.variant} failed")
+
+    def time(self, n: int) -> list:
+        return self._ask(f"time {n}")["times"]
+
+    def stats(self) -> dict:
+        return self._ask("stats")
+
+    def close(self) -> None:
+        self.proc.stdin.write("quit\n")
+        self.proc.stdin.close()
+        self.proc.wait()
+        self.err.close()
+
+
+def _median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if len(xs) % 2 else 0.5 * (xs[len(xs) // 2 - 1] + xs[len(xs) // 2])
+
+
+def measure(variants, args) -> list:
+    """Times every variant in rounds, each round next to a round of the baseline (the two
+    processes take turns, never run at once, and swap order every round), so a ratio
+    compares steps taken within a second of each other rather than minutes apart."""
+    from tqdm import tqdm
+
+    base = Child("baseline") if "baseline" in variants else None
+    base_times: list = []
+    results = []
+    bar = tqdm(total=len(variants) * args.rounds, desc="rounds", disable=not args.progress)
+    for v in variants:
+        print(f"[{len(results) + 1}/{len(variants)}] {v}: {VARIANTS[v]}", file=sys.stderr, flush=True)
+        child = base if v == "baseline" else Child(v)
+        times, ratios = [], []
+        for r in range(args.rounds):
+            if child is base:
+                times.append(base.time(args.iters))
+                base_times.append(times[-1])
+            else:
+                pair = [base, child] if base is not None else [child]
+                got = {id(c): c.time(args.iters) for c in (pair if r % 2 == 0 else pair[::-1])}
+                times.append(got[id(child)])
+                if base is not None:
+                    base_times.append(got[id(base)])
+                    ratios.append(_median(got[id(base)]) / _median(times[-1]))
+            bar.update(1)
+        step = _median([t for ts in times for t in ts])
+        results.append({"variant": v, "description": VARIANTS[v], "step_ms": step * 1e3,
+                        "ids_per_s": args.batch * args.bag * args.tables / step,
+                        "ratio": _median(ratios) if ratios else (1.0 if child is base else None),
+                        "ratio_rounds": ratios, **child.stats()})
+        if child is not base:
+            child.close()
+    bar.close()
+    if base is not None:  # the baseline's own figure: every round it ran
+        b = next(r for r in results if r["variant"] == "baseline")
+        b["step_ms"] = _median([t for ts in base_times for t in ts]) * 1e3
+        b["ids_per_s"] = args.batch * args.bag * args.tables / (b["step_ms"] / 1e3)
+        b.update(base.stats())
+        base.close()
+    return results
 
 
 def _shift_ids(kjt, offset: int):
@@ -220,13 +342,15 @@ def _local_tensors(state):
             yield v
 
 
-def print_table(results, baseline):
-    hdr = f"{'variant':<24}{'ids/s':>14}{'vs baseline':>13}{'step ms':>10}{'table MB':>11}{'peak RSS MB':>13}"
+def print_table(results):
+    hdr = (f"{'variant':<24}{'ids/s':>14}{'vs baseline':>13}{'rounds':>14}{'step ms':>10}{'table MB':>11}"
+           f"{'peak RSS MB':>13}")
     print(hdr)
     print("-" * len(hdr))
     for r in results:
-        ratio = r["ids_per_s"] / baseline["ids_per_s"] if baseline else float("nan")
-        print(f"{r['variant']:<24}{r['ids_per_s']:>14,.0f}{ratio:>12.2f}x{r['step_ms']:>10.1f}"
+        ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"
+        spread = (f"{min(r['ratio_rounds']):.2f}-{max(r['ratio_rounds']):.2f}" if r["ratio_rounds"] else "-")
+        print(f"{r['variant']:<24}{r['ids_per_s']:>14,.0f}{ratio:>13}{spread:>14}{r['step_ms']:>10.1f}"
               f"{r['table_bytes'] / 2**20:>11.1f}{r['peak_rss_bytes'] / 2**20:>13.0f}")
 
 
@@ -255,7 +379,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--bag", type=int, default=8, help="ids per bag")
     p.add_argument("--alpha", type=float, default=1.05, help="power-law exponent of the ids")
-    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--iters", type=int, default=10, help="timed steps per round")
+    p.add_argument("--rounds", type=int, default=5, help="rounds per variant, each next to one of the baseline")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--batches", type=int, default=4, help="distinct batches cycled through")
     p.add_argument("--threads", type=int, default=0)
@@ -267,7 +392,7 @@ def main() -> None:
     args = p.parse_args()
 
     if args.child:
-        print(json.dumps(run_variant(args.child, args)))
+        serve(args.child, args)
         # the sharded modules (in reference cycles) hold the process group: free them before
         # destroying it, not at interpreter shutdown, where gloo's teardown can abort
         import gc
@@ -282,20 +407,11 @@ def main() -> None:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         p.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
-    results = []
-    for v in variants:
-        print(f"[{len(results) + 1}/{len(variants)}] {v}: {VARIANTS[v]}", file=sys.stderr, flush=True)
-        cmd = [sys.executable, __file__, "--child", v] + [a for a in sys.argv[1:]]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            print(proc.stderr[-3000:], file=sys.stderr)
-            raise SystemExit(f"variant {v} failed")
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    baseline = next((r for r in results if r["variant"] == "baseline"), None)
+    results = measure(variants, args)
     print(f"\n{args.tables} tables x {args.rows:,} rows x dim {args.dim}, batch {args.batch}, "
           f"{args.bag} ids/bag, power-law alpha {args.alpha}, device {args.device}, "
           f"{os.cpu_count()} cores ({platform.processor() or platform.machine()})\n")
-    print_table(results, baseline)
+    print_table(results)
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"bench_{args.device}")
     with open(stem + ".json", "w") as f:

@@ -10,7 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_benchmark_writes_its_table(tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "bench_embeddings.py"), "--tables", "2",
-           "--rows", "5000", "--dim", "16", "--batch", "64", "--iters", "1", "--warmup", "1", "--batches", "1",
+           "--rows", "5000", "--dim", "16", "--batch", "64", "--iters", "1", "--rounds", "2", "--warmup", "1", "--batches", "1",
            "--variants", "baseline,nn_embeddingbag,qr_mult,hashed_block,dynamic_warm,dynamic_cold", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -18,6 +18,12 @@ def test_benchmark_writes_its_table(tmp_path):
     results = {r["variant"]: r for r in json.load(open(tmp_path / "bench_cpu.json"))["results"]}
     assert set(results) == {"baseline", "nn_embeddingbag", "qr_mult", "hashed_block", "dynamic_warm", "dynamic_cold"}
     assert all(r["ids_per_s"] > 0 for r in results.values())
+    # every variant's ratio comes from 2 rounds, each paired with a round of the baseline
+    assert results["baseline"]["ratio"] == 1.0
+    for name, r in results.items():
+        if name != "baseline":
+            assert len(r["ratio_rounds"]) == 2 and all(x > 0 for x in r["ratio_rounds"])
+            assert min(r["ratio_rounds"]) <= r["ratio"] <= max(r["ratio_rounds"])
     full = 2 * 5000 * 16 * 4
     assert results["baseline"]["table_bytes"] == full == results["nn_embeddingbag"]["table_bytes"]
     # QR with m = 1000 over 5000 ids: a 5-row quotient table and a 1000-row remainder table
