@@ -6,7 +6,7 @@ import torch
 import hashed_reference as ref
 from batches import DEVICES, assert_kernel_matches_reference, make_batch
 from torchrec_ext import HashedEmbeddingBagConfig
-from torchrec_ext.ops import coord_uniform_, hashed_bag, hashed_bag_sgd_, hashed_bags, hashed_bags_sgd_
+from torchrec_ext.ops import coord_uniform_, hashed_bag, hashed_bag_sgd_, hashed_bags, hashed_bags_keep, hashed_bags_sgd_
 
 CASES = [
     dict(mode="element", signed=False),
@@ -245,3 +245,41 @@ def test_opcheck_schema_fake_and_autograd_registration():
                           (gos, [w.detach() for w in ws], ids, offsets, psw.float(), *static, True))
     torch.library.opcheck(torch.ops.torchrec_ext.hashed_bags_sgd_.default,
                           ([w.detach().clone() for w in ws], gos, ids, offsets, psw.float(), *static, 0.1, True))
+
+
+@pytest.mark.parametrize("case", [
+    # ids past 2^31 and a chunk that is not a power of two (the division, not a shift)
+    dict(num_embeddings=3_000_000_000, embedding_dim=24, chunk_size=12, buffer_size=24 * 50, row_regions=4),
+    # 7 ids per region and one slot per region: the smallest divisors
+    dict(num_embeddings=100, embedding_dim=24, chunk_size=12, block_align=3, row_regions=16, compression=0.01),
+    dict(num_embeddings=997, embedding_dim=32, chunk_size=8, block_align=1, compression=0.3, signed=True),
+], ids=["huge-ids", "tiny-regions", "one-region"])
+@pytest.mark.parametrize("keep", [False, True], ids=["hash", "kept"])
+def test_block_addressing_at_extreme_divisors_matches_reference(case, keep):
+    """The block-mode addressing (8 ids at a time where the CPU has AVX-512, see
+    cpu/vec_hash.h) at extreme layout sizes: forward pass and SGD step equal the reference."""
+    cfg = HashedEmbeddingBagConfig(name="t", seed=11, **case)
+    w0 = torch.randn(cfg.buffer_rows, cfg.embedding_dim, dtype=torch.float64)
+    g = torch.Generator().manual_seed(3)
+    # random ids, then every region's first and last id and their neighbours (an exact
+    # multiple of the divisor is where a division's estimate can fall one short)
+    starts = torch.arange(0, cfg.num_embeddings, cfg.rows_per_region)[:64]
+    edges = torch.cat([starts, starts - 1, starts + 1]).clamp(0, cfg.num_embeddings - 1)
+    lengths = torch.randint(0, 9, (200,), generator=g)
+    lengths[-1] += edges.numel()
+    ids = torch.cat([torch.randint(0, cfg.num_embeddings, (int(lengths.sum()) - edges.numel(),), generator=g),
+                     edges])
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    ref_w = w0.clone().requires_grad_()
+    expect = ref.pooled(cfg, ref_w, ids.numpy(), offsets)
+    go = torch.randn_like(expect)
+    (expect * go).sum().backward()
+    layout = [cfg.shard_layout()]
+    if keep:
+        (out,), positions = hashed_bags_keep([w0], ids, offsets, None, [0, 200], [0], layout)
+    else:
+        out, positions = hashed_bags([w0], ids, offsets, None, [0, 200], [0], layout)[0], None
+    torch.testing.assert_close(out, expect.detach())
+    w = w0.clone()
+    hashed_bags_sgd_([w], [go], ids, offsets, None, [0, 200], [0], layout, 0.5, False, positions)
+    torch.testing.assert_close(w, w0 - 0.5 * ref_w.grad)

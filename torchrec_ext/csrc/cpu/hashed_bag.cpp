@@ -27,6 +27,7 @@
 #include "../check_inputs.h"
 #include "../fast_div.h"
 #include "../hashed_layout.h"
+#include "vec_hash.h"
 
 namespace torchrec_ext {
 namespace {
@@ -57,12 +58,26 @@ struct Addresser {
   FastDiv per_region, slots, starts, chunk;
 
   bool z_pow2;  // Z is a power of two: a position's column within its block is a mask
+#if TRX_VEC_HASH
+  bool vec;  // block mode, with divisors DivX8 takes: locate8 serves 8 ids at once
+  DivX8 v_region, v_starts, v_chunk;
+#endif
 
   Addresser(const HashedLayout& layout, int64_t dim)
       : L(layout), D(dim), Z(layout.chunk), C(dim / layout.chunk),
         first_region(layout.first_region()), per_region(layout.rows_per_region),
         slots(layout.slots), starts(layout.starts), chunk(layout.chunk),
-        z_pow2((layout.chunk & (layout.chunk - 1)) == 0) {}
+        z_pow2((layout.chunk & (layout.chunk - 1)) == 0) {
+#if TRX_VEC_HASH
+    constexpr auto kMax = static_cast<int64_t>(DivX8::kMaxDivisor);
+    vec = L.mode == 1 && L.starts > 0 && L.rows_per_region < kMax && L.starts < kMax && Z < kMax;
+    if (vec) {
+      v_region = DivX8(L.rows_per_region);
+      v_starts = DivX8(L.starts);
+      v_chunk = DivX8(Z);
+    }
+#endif
+  }
 
   int64_t region(int64_t local_id) const {
     return static_cast<int64_t>(per_region.div(static_cast<uint64_t>(local_id + L.id_offset))) -
@@ -97,6 +112,56 @@ struct Addresser {
       }
     }
   }
+
+#if TRX_VEC_HASH
+  // Block mode: locate(ids[k], 0, C, w, seg + k * C) for k < 8, the arithmetic 8 lanes wide.
+  template <typename scalar_t>
+  void locate8(const int64_t* ids, const scalar_t* w, Segment* seg) const {
+    auto all = [](int64_t v) { return _mm512_set1_epi64(v); };
+    const __m512i gid = _mm512_add_epi64(_mm512_loadu_si512(ids), all(L.id_offset));
+    __m512i region, unused;
+    v_region.divmod(gid, region, unused);
+    const __m512i base = _mm512_mullo_epi64(_mm512_sub_epi64(region, all(first_region)), all(L.slots));
+    const auto seed_mix = static_cast<uint64_t>(L.seed) * kSeedMul;
+    const __m512i h0 = fmix64_x8(_mm512_xor_si512(gid, all(static_cast<int64_t>(seed_mix))));
+    const int64_t col0 = L.col_offset / Z;
+    const __m512i zshift = all(__builtin_ctzll(static_cast<uint64_t>(Z)));
+    alignas(64) int64_t a[8], b[8], len1[8];
+    for (int64_t c = 0; c < C; ++c) {
+      const uint64_t salt = static_cast<uint64_t>(col0 + c) * kColMul + kColAdd;
+      const __m512i h = fmix64_x8(_mm512_xor_si512(h0, all(static_cast<int64_t>(salt))));
+      const __mmask8 negative = L.is_signed ? _mm512_movepi64_mask(h) : 0;
+      __m512i q, f;
+      v_starts.divmod(_mm512_and_si512(h, all(static_cast<int64_t>(kLow63))), q, f);
+      f = _mm512_mullo_epi64(f, all(L.align));
+      __m512i slot, col;
+      if (z_pow2) {
+        slot = _mm512_srlv_epi64(f, zshift);
+        col = _mm512_and_si512(f, all(Z - 1));
+      } else {
+        v_chunk.divmod(f, slot, col);
+      }
+      const __m512i band = all(c * Z);
+      _mm512_store_si512(a, _mm512_add_epi64(_mm512_mullo_epi64(_mm512_add_epi64(base, slot), all(D)),
+                                             _mm512_add_epi64(band, col)));
+      _mm512_store_si512(len1, _mm512_sub_epi64(all(Z), col));
+      __m512i next = _mm512_add_epi64(slot, all(1));
+      next = _mm512_mask_mov_epi64(next, _mm512_cmpeq_epi64_mask(next, all(L.slots)),
+                                   _mm512_setzero_si512());
+      _mm512_store_si512(b, _mm512_add_epi64(_mm512_mullo_epi64(_mm512_add_epi64(base, next), all(D)), band));
+      for (int k = 0; k < 8; ++k) {
+        Segment& sg = seg[k * C + c];
+        sg.a = a[k];
+        sg.b = b[k];
+        sg.len1 = len1[k];
+        sg.sign = (negative >> k) & 1 ? -1.0 : 1.0;
+        __builtin_prefetch(w + sg.a);
+        __builtin_prefetch(w + sg.a + sg.len1 - 1);
+        if (sg.len1 < Z) __builtin_prefetch(w + sg.b);
+      }
+    }
+  }
+#endif
 
   // A block-mode segment as one word, for the positions cache: bits 0..61 hold `a`,
   // bit 62 says the block's second part wraps to the region's first slot, bit 63 is
@@ -154,17 +219,23 @@ inline void windowed(const Addresser& A, const scalar_t* w, const int64_t* idx, 
   win.resize(per * C);
   for (int64_t w0 = i0; w0 < i1; w0 += per) {
     const int64_t w1 = std::min(i1, w0 + per);
-    for (int64_t i = w0; i < w1; ++i) {
-      Segment* seg = &win[(i - w0) * C];
-      if (from.at) {
+    int64_t i = w0;
+    if (from.at) {
+      for (; i < w1; ++i) {
         for (int64_t c = 0; c < C; ++c) {
-          if (!A.unpack(from.at[i * from.stride + c], w, from.numel, seg + c)) *from.bad = true;
+          if (!A.unpack(from.at[i * from.stride + c], w, from.numel, &win[(i - w0) * C + c])) *from.bad = true;
         }
-      } else {
-        A.locate(idx[i], 0, C, w, seg);
       }
-      if (keep.at) {
-        for (int64_t c = 0; c < C; ++c) keep.at[i * keep.stride + c] = Addresser::pack(seg[c]);
+    }
+#if TRX_VEC_HASH
+    if (A.vec) {
+      for (; i + 8 <= w1; i += 8) A.locate8(idx + i, w, &win[(i - w0) * C]);
+    }
+#endif
+    for (; i < w1; ++i) A.locate(idx[i], 0, C, w, &win[(i - w0) * C]);
+    if (keep.at) {
+      for (int64_t j = w0; j < w1; ++j) {
+        for (int64_t c = 0; c < C; ++c) keep.at[j * keep.stride + c] = Addresser::pack(win[(j - w0) * C + c]);
       }
     }
     for (int64_t i = w0; i < w1; ++i) visit(i, &win[(i - w0) * C]);
