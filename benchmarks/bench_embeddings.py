@@ -291,6 +291,10 @@ def measure(variants, args) -> list:
     for v in variants:
         print(f"[{len(results) + 1}/{len(variants)}] {v}: {VARIANTS[v]}", file=sys.stderr, flush=True)
         child = base if v == "baseline" else Child(v)
+        # A cold step's cost grows with the table it inserts into: dynamic_cold times about
+        # --iters steps over all its rounds, so its table spans what one run of --iters
+        # steps creates however many rounds there are.
+        iters = max(2, -(-args.iters // args.rounds)) if v == "dynamic_cold" else args.iters
         times, ratios = [], []
         for r in range(args.rounds):
             if child is base:
@@ -298,7 +302,8 @@ def measure(variants, args) -> list:
                 base_times.append(times[-1])
             else:
                 pair = [base, child] if base is not None else [child]
-                got = {id(c): c.time(args.iters) for c in (pair if r % 2 == 0 else pair[::-1])}
+                got = {id(c): c.time(iters if c is child else args.iters)
+                       for c in (pair if r % 2 == 0 else pair[::-1])}
                 times.append(got[id(child)])
                 if base is not None:
                     base_times.append(got[id(base)])
