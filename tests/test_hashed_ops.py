@@ -253,11 +253,16 @@ def test_opcheck_schema_fake_and_autograd_registration():
     # 7 ids per region and one slot per region: the smallest divisors
     dict(num_embeddings=100, embedding_dim=24, chunk_size=12, block_align=3, row_regions=16, compression=0.01),
     dict(num_embeddings=997, embedding_dim=32, chunk_size=8, block_align=1, compression=0.3, signed=True),
-], ids=["huge-ids", "tiny-regions", "one-region"])
+    # element mode (8 columns at a time): huge ids, and one slot per region
+    dict(num_embeddings=3_000_000_000, embedding_dim=20, mode="element", buffer_size=20 * 64, row_regions=4,
+         signed=True),
+    dict(num_embeddings=100, embedding_dim=16, mode="element", row_regions=16, compression=0.01),
+], ids=["huge-ids", "tiny-regions", "one-region", "element-huge-ids", "element-tiny-regions"])
 @pytest.mark.parametrize("keep", [False, True], ids=["hash", "kept"])
-def test_block_addressing_at_extreme_divisors_matches_reference(case, keep):
-    """The block-mode addressing (8 ids at a time where the CPU has AVX-512, see
-    cpu/vec_hash.h) at extreme layout sizes: forward pass and SGD step equal the reference."""
+def test_addressing_at_extreme_divisors_matches_reference(case, keep):
+    """The addressing (block mode: 8 ids at a time, element mode: 8 columns at a time, where
+    the CPU has AVX-512, see cpu/vec_hash.h) at extreme layout sizes: forward pass and SGD
+    step equal the reference."""
     cfg = HashedEmbeddingBagConfig(name="t", seed=11, **case)
     w0 = torch.randn(cfg.buffer_rows, cfg.embedding_dim, dtype=torch.float64)
     g = torch.Generator().manual_seed(3)

@@ -59,8 +59,9 @@ struct Addresser {
 
   bool z_pow2;  // Z is a power of two: a position's column within its block is a mask
 #if TRX_VEC_HASH
-  bool vec;  // block mode, with divisors DivX8 takes: locate8 serves 8 ids at once
-  DivX8 v_region, v_starts, v_chunk;
+  bool vec;           // block mode, with divisors DivX8 takes: locate8 serves 8 ids at once
+  bool vec_elements;  // element mode, likewise: elements8 serves 8 columns at once
+  DivX8 v_region, v_starts, v_chunk, v_slots;
 #endif
 
   Addresser(const HashedLayout& layout, int64_t dim)
@@ -76,6 +77,8 @@ struct Addresser {
       v_starts = DivX8(L.starts);
       v_chunk = DivX8(Z);
     }
+    vec_elements = L.mode == 0 && L.slots < kMax;
+    if (vec_elements) v_slots = DivX8(L.slots);
 #endif
   }
 
@@ -91,7 +94,13 @@ struct Addresser {
     const int64_t base = region(local_id) * L.slots;
     const uint64_t h0 = id_hash(local_id + L.id_offset, L.seed);
     const int64_t col0 = L.col_offset / Z;
-    for (int64_t c = c0; c < c1; ++c, ++seg) {
+    int64_t c = c0;
+#if TRX_VEC_HASH
+    if (vec_elements) {
+      for (; c + 8 <= c1; c += 8, seg += 8) elements8(h0, base, col0 + c, c, w, seg);
+    }
+#endif
+    for (; c < c1; ++c, ++seg) {
       const uint64_t h = col_hash(h0, col0 + c);
       seg->sign = hash_sign(h, L.is_signed);
       if (L.mode == 0) {
@@ -114,6 +123,29 @@ struct Addresser {
   }
 
 #if TRX_VEC_HASH
+  // Element mode: the segments of columns c .. c + 7 of one id (hash h0, region rows
+  // from `base`; gcol is column c's global index), the arithmetic 8 lanes wide.
+  template <typename scalar_t>
+  void elements8(uint64_t h0, int64_t base, int64_t gcol, int64_t c, const scalar_t* w,
+                 Segment* seg) const {
+    auto all = [](int64_t v) { return _mm512_set1_epi64(v); };
+    const __m512i lane = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i salt = _mm512_add_epi64(
+        _mm512_mullo_epi64(_mm512_add_epi64(all(gcol), lane), all(static_cast<int64_t>(kColMul))),
+        all(static_cast<int64_t>(kColAdd)));
+    const __m512i h = fmix64_x8(_mm512_xor_si512(all(static_cast<int64_t>(h0)), salt));
+    const __mmask8 negative = L.is_signed ? _mm512_movepi64_mask(h) : 0;
+    __m512i slot, unused;
+    v_slots.divmod(_mm512_and_si512(h, all(static_cast<int64_t>(kLow63))), unused, slot);
+    alignas(64) int64_t a[8];
+    _mm512_store_si512(a, _mm512_add_epi64(_mm512_mullo_epi64(_mm512_add_epi64(all(base), slot), all(D)),
+                                           _mm512_add_epi64(all(c), lane)));
+    for (int k = 0; k < 8; ++k) {
+      seg[k] = Segment{a[k], a[k], 1, (negative >> k) & 1 ? -1.0 : 1.0};
+      __builtin_prefetch(w + a[k]);
+    }
+  }
+
   // Block mode: locate(ids[k], 0, C, w, seg + k * C) for k < 8, the arithmetic 8 lanes wide.
   template <typename scalar_t>
   void locate8(const int64_t* ids, const scalar_t* w, Segment* seg) const {
