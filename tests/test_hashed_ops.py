@@ -288,3 +288,30 @@ def test_addressing_at_extreme_divisors_matches_reference(case, keep):
     w = w0.clone()
     hashed_bags_sgd_([w], [go], ids, offsets, None, [0, 200], [0], layout, 0.5, False, positions)
     torch.testing.assert_close(w, w0 - 0.5 * ref_w.grad)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+@pytest.mark.parametrize("dim", [24, 20], ids=["gathers", "scalar"])
+def test_fp32_element_mode_matches_reference(threads, dim):
+    """fp32 element-mode tables whose dim is a multiple of 8 read and update 8 columns at a
+    time (gathers and masked scatters): with the update's columns split across threads at
+    places that are not multiples of 8, forward and SGD step equal the reference."""
+    cfg = HashedEmbeddingBagConfig(name="t", num_embeddings=3000, embedding_dim=dim, mode="element",
+                                   compression=0.02, row_regions=3, seed=13, signed=True)
+    w0 = torch.randn(cfg.buffer_rows, dim)
+    ids, offsets, psw = make_batch(cfg.num_embeddings, 300, 7, seed=8)
+    psw = psw.float()
+    ref_w = w0.double().requires_grad_()
+    expect = ref.pooled(cfg, ref_w, ids.numpy(), offsets, psw.double(), mean=True)
+    go = torch.randn(300, dim)
+    (expect * go.double()).sum().backward()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = hashed_bag(w0, ids, offsets, psw, 1, cfg.shard_layout())
+        w = w0.clone()
+        hashed_bag_sgd_(w, go, ids, offsets, psw, 1, cfg.shard_layout(), 0.5, False)
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(out, expect.detach().float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(w, (w0.double() - 0.5 * ref_w.grad).float(), rtol=1e-5, atol=1e-5)

@@ -125,24 +125,43 @@ struct Addresser {
 #if TRX_VEC_HASH
   // Element mode: the segments of columns c .. c + 7 of one id (hash h0, region rows
   // from `base`; gcol is column c's global index), the arithmetic 8 lanes wide.
-  template <typename scalar_t>
-  void elements8(uint64_t h0, int64_t base, int64_t gcol, int64_t c, const scalar_t* w,
-                 Segment* seg) const {
+  __m512i element_addr8(uint64_t h0, int64_t base, int64_t gcol, int64_t c, __mmask8& negative) const {
     auto all = [](int64_t v) { return _mm512_set1_epi64(v); };
     const __m512i lane = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
     const __m512i salt = _mm512_add_epi64(
         _mm512_mullo_epi64(_mm512_add_epi64(all(gcol), lane), all(static_cast<int64_t>(kColMul))),
         all(static_cast<int64_t>(kColAdd)));
     const __m512i h = fmix64_x8(_mm512_xor_si512(all(static_cast<int64_t>(h0)), salt));
-    const __mmask8 negative = L.is_signed ? _mm512_movepi64_mask(h) : 0;
+    negative = L.is_signed ? _mm512_movepi64_mask(h) : 0;
     __m512i slot, unused;
     v_slots.divmod(_mm512_and_si512(h, all(static_cast<int64_t>(kLow63))), unused, slot);
+    return _mm512_add_epi64(_mm512_mullo_epi64(_mm512_add_epi64(all(base), slot), all(D)),
+                            _mm512_add_epi64(all(c), lane));
+  }
+
+  template <typename scalar_t>
+  void elements8(uint64_t h0, int64_t base, int64_t gcol, int64_t c, const scalar_t* w,
+                 Segment* seg) const {
+    __mmask8 negative;
     alignas(64) int64_t a[8];
-    _mm512_store_si512(a, _mm512_add_epi64(_mm512_mullo_epi64(_mm512_add_epi64(all(base), slot), all(D)),
-                                           _mm512_add_epi64(all(c), lane)));
+    _mm512_store_si512(a, element_addr8(h0, base, gcol, c, negative));
     for (int k = 0; k < 8; ++k) {
       seg[k] = Segment{a[k], a[k], 1, (negative >> k) & 1 ? -1.0 : 1.0};
       __builtin_prefetch(w + a[k]);
+    }
+  }
+
+  // Element mode, D a multiple of 8: the buffer elements of column groups [g0, g1) of an id
+  // (group g: columns 8g .. 8g + 7) into addr[8g ..] and their sign masks into neg[g];
+  // prefetches them.
+  void element_addresses(int64_t local_id, int64_t g0, int64_t g1, const float* w, int64_t* addr,
+                         __mmask8* neg) const {
+    const int64_t base = region(local_id) * L.slots;
+    const uint64_t h0 = id_hash(local_id + L.id_offset, L.seed);
+    const int64_t col0 = L.col_offset;
+    for (int64_t g = g0; g < g1; ++g) {
+      _mm512_storeu_si512(addr + 8 * g, element_addr8(h0, base, col0 + 8 * g, 8 * g, neg[g]));
+      for (int k = 0; k < 8; ++k) __builtin_prefetch(w + addr[8 * g + k]);
     }
   }
 
@@ -326,6 +345,86 @@ inline bool chunk_axpy(scalar_t* dst, float s, const scalar_t* g, const Segment&
   return false;
 }
 
+// The backward pass's walk: fn(b, i, scale, c_lo, c_hi) for each id i (in bag b) of bags
+// [b0, b1) whose column regions [c_lo, c_hi) of its row region are units in [u0, u1);
+// scale is alpha, over the bag's size for MEAN.
+template <typename Fn>
+inline void ids_in_units(const Addresser& A, const int64_t* idx, const int64_t* off, int64_t b0, int64_t b1,
+                         bool mean, int64_t u0, int64_t u1, double alpha, Fn&& fn) {
+  const int64_t C = A.C;
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t s = off[b], e = off[b + 1];
+    if (s == e) continue;
+    const double scale = alpha * (mean ? 1.0 / static_cast<double>(e - s) : 1.0);
+    for (int64_t i = s; i < e; ++i) {
+      const int64_t r = A.region(idx[i]);
+      const int64_t c_lo = std::max<int64_t>(u0 - r * C, 0), c_hi = std::min<int64_t>(u1 - r * C, C);
+      if (c_lo < c_hi) fn(b, i, scale, c_lo, c_hi);
+    }
+  }
+}
+
+#if TRX_VEC_HASH
+// Element mode, fp32, D a multiple of 8: windowed's twin with buffer elements instead of
+// segments; visit(i, addresses of id i's D elements, their sign masks per 8 columns).
+template <typename Visit>
+inline void elements_windowed(const Addresser& A, const float* w, const int64_t* idx, int64_t i0,
+                              int64_t i1, Visit&& visit) {
+  const int64_t D = A.D, G = D / 8, per = std::max<int64_t>(1, kWindowSegments / D);
+  std::vector<int64_t> addr(per * D);
+  std::vector<__mmask8> neg(per * G);
+  for (int64_t w0 = i0; w0 < i1; w0 += per) {
+    const int64_t w1 = std::min(i1, w0 + per);
+    for (int64_t i = w0; i < w1; ++i) A.element_addresses(idx[i], 0, G, w, &addr[(i - w0) * D], &neg[(i - w0) * G]);
+    for (int64_t i = w0; i < w1; ++i) visit(i, &addr[(i - w0) * D], &neg[(i - w0) * G]);
+  }
+}
+
+// backward_range for element mode, fp32, D a multiple of 8: each id's columns in units
+// [u0, u1) are read, added to and written back 8 at a time (gather and scatter; the 8
+// lanes are 8 different columns, so never the same element).
+inline void backward_elements(const float* go, const Addresser& A, const int64_t* idx, const int64_t* off,
+                              const float* psw, int64_t b0, int64_t b1, bool mean, int64_t u0, int64_t u1,
+                              double alpha, float* dst) {
+  const int64_t D = A.D, G = D / 8, per = std::max<int64_t>(1, kWindowSegments / D);
+  struct Item {
+    const float* g;  // the bag's gradient row
+    float coef;
+    int64_t c_lo, c_hi;  // the id's columns in this thread's units
+  };
+  std::vector<int64_t> addr(per * D);
+  std::vector<__mmask8> neg(per * G);
+  std::vector<Item> items;
+  items.reserve(per);
+  const __m256i lane = _mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0);
+  auto flush = [&] {
+    for (size_t k = 0; k < items.size(); ++k) {
+      const Item& it = items[k];
+      const __m256 coef = _mm256_set1_ps(it.coef);
+      for (int64_t g = it.c_lo / 8; g * 8 < it.c_hi; ++g) {
+        const __m256i col = _mm256_add_epi32(lane, _mm256_set1_epi32(static_cast<int>(8 * g)));
+        const __mmask8 mask = _mm256_cmpge_epi32_mask(col, _mm256_set1_epi32(static_cast<int>(it.c_lo))) &
+                              _mm256_cmplt_epi32_mask(col, _mm256_set1_epi32(static_cast<int>(it.c_hi)));
+        const __m512i at = _mm512_loadu_si512(&addr[k * D + 8 * g]);
+        __m256 v = _mm256_mul_ps(coef, _mm256_loadu_ps(it.g + 8 * g));
+        v = _mm256_mask_sub_ps(v, neg[k * G + g], _mm256_setzero_ps(), v);
+        const __m256 cur = _mm512_mask_i64gather_ps(_mm256_setzero_ps(), mask, at, dst, 4);
+        _mm512_mask_i64scatter_ps(dst, mask, at, _mm256_add_ps(cur, v), 4);
+      }
+    }
+    items.clear();
+  };
+  ids_in_units(A, idx, off, b0, b1, mean, u0, u1, alpha,
+               [&](int64_t b, int64_t i, double scale, int64_t c_lo, int64_t c_hi) {
+    const int64_t k = static_cast<int64_t>(items.size());
+    A.element_addresses(idx[i], c_lo / 8, (c_hi + 7) / 8, dst, &addr[k * D], &neg[k * G]);
+    items.push_back({go + b * D, static_cast<float>(scale * (psw ? psw[i] : 1.0)), c_lo, c_hi});
+    if (static_cast<int64_t>(items.size()) == per) flush();
+  });
+  flush();
+}
+#endif
+
 // Bags [b0, b1) of one table (ids off[b0] .. off[b1]); bag b's row is out[b * D].
 template <typename scalar_t>
 void forward_range(const scalar_t* w, const Addresser& A, const int64_t* idx,
@@ -342,13 +441,34 @@ void forward_range(const scalar_t* w, const Addresser& A, const int64_t* idx,
     for (int64_t j = 0; j < D; ++j) out[bag * D + j] = static_cast<scalar_t>(acc[j] * scale);
     std::fill(acc.begin(), acc.end(), acc_t(0));
   };
-  windowed(A, w, idx, off[b0], off[b1], win, Positions{}, keep, [&](int64_t i, const Segment* seg) {
+  auto enter = [&](int64_t i) {  // id i's weight, after writing the bags the walk passed
     while (i >= bag_end) {  // bags in order; empty ones are written as the walk passes them
       if (b >= b0) finish(b);
       ++b;
       bag_end = off[b + 1];
     }
-    const acc_t pw = psw ? static_cast<acc_t>(psw[i]) : acc_t(1);
+    return psw ? static_cast<acc_t>(psw[i]) : acc_t(1);
+  };
+#if TRX_VEC_HASH
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (A.vec_elements && D % 8 == 0) {  // gathers, 8 columns at a time
+      elements_windowed(A, w, idx, off[b0], off[b1], [&](int64_t i, const int64_t* addr, const __mmask8* neg) {
+        const __m256 pw = _mm256_set1_ps(enter(i));
+        for (int64_t g = 0; g < D / 8; ++g) {
+          __m256 v = _mm256_mul_ps(pw, _mm512_i64gather_ps(_mm512_loadu_si512(addr + 8 * g), w, 4));
+          v = _mm256_mask_sub_ps(v, neg[g], _mm256_setzero_ps(), v);
+          _mm256_storeu_ps(acc.data() + 8 * g, _mm256_add_ps(_mm256_loadu_ps(acc.data() + 8 * g), v));
+        }
+      });
+      for (; b < b1; ++b) {
+        if (b >= b0) finish(b);
+      }
+      return;
+    }
+  }
+#endif
+  windowed(A, w, idx, off[b0], off[b1], win, Positions{}, keep, [&](int64_t i, const Segment* seg) {
+    const acc_t pw = enter(i);
     if (A.L.mode == 0) {
       for (int64_t j = 0; j < D; ++j) acc[j] += pw * static_cast<acc_t>(seg[j].sign) * static_cast<acc_t>(w[seg[j].a]);
     } else {
@@ -381,6 +501,14 @@ void backward_range(const scalar_t* go, const Addresser& A, const int64_t* idx,
                     int64_t u0, int64_t u1, double alpha, Positions from, scalar_t* dst) {
   using acc_t = acc_type<scalar_t>;
   const int64_t D = A.D, Z = A.Z, C = A.C;
+#if TRX_VEC_HASH
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (A.vec_elements && D % 8 == 0) {
+      backward_elements(go, A, idx, off, psw, b0, b1, mean, u0, u1, alpha, dst);
+      return;
+    }
+  }
+#endif
   struct Job {
     Segment seg;
     const scalar_t* g;
@@ -407,31 +535,23 @@ void backward_range(const scalar_t* go, const Addresser& A, const int64_t* idx,
     jobs.clear();
   };
   std::vector<Segment> seg(C);
-  for (int64_t b = b0; b < b1; ++b) {
-    const int64_t s = off[b], e = off[b + 1];
-    if (s == e) continue;
-    const double scale = alpha * (mean ? 1.0 / static_cast<double>(e - s) : 1.0);
-    for (int64_t i = s; i < e; ++i) {
-      const int64_t r = A.region(idx[i]);
-      const int64_t c_lo = std::max<int64_t>(u0 - r * C, 0);
-      const int64_t c_hi = std::min<int64_t>(u1 - r * C, C);
-      if (c_lo >= c_hi) continue;
-      const double pw = scale * (psw ? psw[i] : 1.0);
-      if (from.at) {
-        for (int64_t c = c_lo; c < c_hi; ++c) {
-          if (!A.unpack(from.at[i * from.stride + c], dst, from.numel, &seg[c - c_lo])) *from.bad = true;
-        }
-      } else {
-        A.locate(idx[i], c_lo, c_hi, dst, seg.data());
-      }
+  ids_in_units(A, idx, off, b0, b1, mean, u0, u1, alpha,
+               [&](int64_t b, int64_t i, double scale, int64_t c_lo, int64_t c_hi) {
+    const double pw = scale * (psw ? psw[i] : 1.0);
+    if (from.at) {
       for (int64_t c = c_lo; c < c_hi; ++c) {
-        const Segment& sc = seg[c - c_lo];
-        if (sc.sign == 0.0) continue;  // a word unpack refused: nothing is written
-        jobs.push_back({sc, go + b * D + c * Z, static_cast<acc_t>(pw * sc.sign)});
+        if (!A.unpack(from.at[i * from.stride + c], dst, from.numel, &seg[c - c_lo])) *from.bad = true;
       }
-      if (static_cast<int64_t>(jobs.size()) >= kWindowSegments) flush();
+    } else {
+      A.locate(idx[i], c_lo, c_hi, dst, seg.data());
     }
-  }
+    for (int64_t c = c_lo; c < c_hi; ++c) {
+      const Segment& sc = seg[c - c_lo];
+      if (sc.sign == 0.0) continue;  // a word unpack refused: nothing is written
+      jobs.push_back({sc, go + b * D + c * Z, static_cast<acc_t>(pw * sc.sign)});
+    }
+    if (static_cast<int64_t>(jobs.size()) >= kWindowSegments) flush();
+  });
   flush();
 }
 
