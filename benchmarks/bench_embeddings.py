@@ -293,8 +293,9 @@ def measure(variants, args) -> list:
         child = base if v == "baseline" else Child(v)
         # A cold step's cost grows with the table it inserts into: dynamic_cold times about
         # --iters steps over all its rounds, so its table spans what one run of --iters
-        # steps creates however many rounds there are.
-        iters = max(2, -(-args.iters // args.rounds)) if v == "dynamic_cold" else args.iters
+        # steps creates however many rounds there are. An odd count of at least 3 keeps a
+        # step that grows the index (a rehash) out of a round's median.
+        iters = max(3, -(-args.iters // args.rounds) | 1) if v == "dynamic_cold" else args.iters
         times, ratios = [], []
         for r in range(args.rounds):
             if child is base:

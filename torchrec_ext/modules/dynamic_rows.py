@@ -125,7 +125,9 @@ class DynamicRows:
         n = len(self.blocks) * self.block_size
         for m, t in self.meta.items():
             if t.numel() < n:
-                grown = torch.zeros(n, dtype=torch.long, device=self.device)
+                # at least double: a table growing block by block copies its metadata
+                # O(rows) times in all, not once per block (the kernels read it by row)
+                grown = torch.zeros(max(n, 2 * t.numel()), dtype=torch.long, device=self.device)
                 grown[: t.numel()] = t
                 self.meta[m] = grown
 
