@@ -38,10 +38,18 @@ def _cpu_tag() -> str:
     return hashlib.sha1((platform.machine() + flags).encode()).hexdigest()[:8]
 
 
+def _march() -> str:
+    """The CPU the build targets: this one, or TORCHREC_EXT_MARCH (e.g. x86-64-v3, to
+    build and test the code paths of CPUs without AVX-512)."""
+    return os.environ.get("TORCHREC_EXT_MARCH", "native")
+
+
 def build_dir() -> str:
     default = os.path.join(os.path.dirname(_CSRC), "_build")
     flavour = "cuda" if _with_cuda() else "cpu"
     tag = f"{flavour}-torch{torch.__version__.replace('+', '_')}-{_cpu_tag()}"
+    if _march() != "native":
+        tag += f"-{_march()}"
     path = os.path.join(os.environ.get("TORCHREC_EXT_BUILD_DIR", default), tag)
     os.makedirs(path, exist_ok=True)
     return path
@@ -68,7 +76,7 @@ def load() -> None:
             name="torchrec_ext_C",
             sources=sources(),
             build_directory=build_dir(),
-            extra_cflags=["-O3", "-march=native", "-fopenmp", "-std=c++20"],
+            extra_cflags=["-O3", f"-march={_march()}", "-fopenmp", "-std=c++20"],
             extra_ldflags=["-fopenmp"],
             extra_cuda_cflags=["-O3", "-std=c++20"],
             is_python_module=False,
