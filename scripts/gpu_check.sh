@@ -11,5 +11,5 @@ PY=${PYTHON:-python3}
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())"
 "$PY" -m pip install -q numpy pytest ninja 2>/dev/null || true
 "$PY" -c "from torchrec_ext.ops import _native; _native.load(); print('built', _native.build_dir())"
-"$PY" -m pytest -q tests/test_hashed_ops.py tests/test_qr_ops.py tests/test_dynamic_ops.py tests/test_hash_table.py -k cuda "$@"
+"$PY" -m pytest -q tests/test_hashed_ops.py tests/test_hashed_positions.py tests/test_qr_ops.py tests/test_dynamic_ops.py tests/test_hash_table.py -k cuda "$@"
 "$PY" benchmarks/bench_hash_table.py --device cuda --keys 16000000 --batch 1048576
