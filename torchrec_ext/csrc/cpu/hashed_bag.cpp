@@ -82,6 +82,16 @@ struct Addresser {
 #endif
   }
 
+  // Prefetches the cache lines a block-mode segment (a, len1, b) covers in `w`: 2, or 3
+  // when the block continues in the next slot. Takes values, not a Segment, so the
+  // callers' registers serve (reading them back through a Segment* measured slower).
+  template <typename scalar_t>
+  void prefetch(const scalar_t* w, int64_t a, int64_t len1, int64_t b) const {
+    __builtin_prefetch(w + a);
+    __builtin_prefetch(w + a + len1 - 1);
+    if (len1 < Z) __builtin_prefetch(w + b);
+  }
+
   int64_t region(int64_t local_id) const {
     return static_cast<int64_t>(per_region.div(static_cast<uint64_t>(local_id + L.id_offset))) -
            first_region;
@@ -112,12 +122,12 @@ struct Addresser {
         const int64_t f = static_cast<int64_t>(starts.mod(h & kLow63)) * L.align;
         const int64_t slot = static_cast<int64_t>(chunk.div(f));
         const int64_t col = f - slot * Z;
-        seg->a = (base + slot) * D + c * Z + col;
+        const int64_t a = (base + slot) * D + c * Z + col;
+        const int64_t b = (base + (slot + 1 == L.slots ? 0 : slot + 1)) * D + c * Z;
+        seg->a = a;
         seg->len1 = Z - col;
-        seg->b = (base + (slot + 1 == L.slots ? 0 : slot + 1)) * D + c * Z;
-        __builtin_prefetch(w + seg->a);
-        __builtin_prefetch(w + seg->a + seg->len1 - 1);
-        if (col) __builtin_prefetch(w + seg->b);
+        seg->b = b;
+        prefetch(w, a, Z - col, b);
       }
     }
   }
@@ -206,9 +216,7 @@ struct Addresser {
         sg.b = b[k];
         sg.len1 = len1[k];
         sg.sign = (negative >> k) & 1 ? -1.0 : 1.0;
-        __builtin_prefetch(w + sg.a);
-        __builtin_prefetch(w + sg.a + sg.len1 - 1);
-        if (sg.len1 < Z) __builtin_prefetch(w + sg.b);
+        prefetch(w, a[k], len1[k], b[k]);
       }
     }
   }
@@ -242,9 +250,7 @@ struct Addresser {
       *seg = Segment{0, 0, Z, 0.0};
       return false;
     }
-    __builtin_prefetch(w + seg->a);
-    __builtin_prefetch(w + seg->a + seg->len1 - 1);
-    if (col) __builtin_prefetch(w + seg->b);
+    prefetch(w, seg->a, seg->len1, seg->b);
     return true;
   }
 };
@@ -449,6 +455,7 @@ void forward_range(const scalar_t* w, const Addresser& A, const int64_t* idx,
     }
     return psw ? static_cast<acc_t>(psw[i]) : acc_t(1);
   };
+  bool gathered = false;
 #if TRX_VEC_HASH
   if constexpr (std::is_same_v<scalar_t, float>) {
     if (A.vec_elements && D % 8 == 0) {  // gathers, 8 columns at a time
@@ -460,14 +467,11 @@ void forward_range(const scalar_t* w, const Addresser& A, const int64_t* idx,
           _mm256_storeu_ps(acc.data() + 8 * g, _mm256_add_ps(_mm256_loadu_ps(acc.data() + 8 * g), v));
         }
       });
-      for (; b < b1; ++b) {
-        if (b >= b0) finish(b);
-      }
-      return;
+      gathered = true;
     }
   }
 #endif
-  windowed(A, w, idx, off[b0], off[b1], win, Positions{}, keep, [&](int64_t i, const Segment* seg) {
+  auto add_segments = [&](int64_t i, const Segment* seg) {
     const acc_t pw = enter(i);
     if (A.L.mode == 0) {
       for (int64_t j = 0; j < D; ++j) acc[j] += pw * static_cast<acc_t>(seg[j].sign) * static_cast<acc_t>(w[seg[j].a]);
@@ -485,7 +489,8 @@ void forward_range(const scalar_t* w, const Addresser& A, const int64_t* idx,
         for (int64_t t = n1; t < Z; ++t) a[t] += s * static_cast<acc_t>(src[t - n1]);
       }
     }
-  });
+  };
+  if (!gathered) windowed(A, w, idx, off[b0], off[b1], win, Positions{}, keep, add_segments);
   for (; b < b1; ++b) {  // the last non-empty bag and any empty ones after it
     if (b >= b0) finish(b);
   }
