@@ -40,6 +40,7 @@ VARIANTS = {
     "dynamic_warm": "dynamic hashtable, warm: every id already has a row",
     "dynamic_warm_per_table": "dynamic_warm with table batching off: one native call per table",
     "dynamic_cold": "dynamic hashtable, cold: every id is new (all inserts)",
+    "dynamic_cold_grow": "dynamic_cold with no rows reserved: storage grows as ids arrive",
     "dynamic_lifecycle": "dynamic, admit at 2nd sighting, LFU at capacity rows/2",
 }
 
@@ -106,8 +107,14 @@ def build(variant: str, args, device):
         from torchrec_ext.admission import FrequencyAdmission
         from torchrec_ext.eviction import LFUEviction
 
-        life = dict(admission=FrequencyAdmission(2), eviction=LFUEviction(),
-                    max_capacity=args.rows // 2) if variant == "dynamic_lifecycle" else {}
+        # dynamic_cold reserves its rows up front (initial_capacity: as many as a baseline
+        # table holds), as HierarchicalKV and dynamicemb tables fix their capacity, so its
+        # inserts write memory the table already owns; dynamic_cold_grow starts empty and
+        # pays for fresh memory every step. The warm tables keep the default: their rows
+        # come from the warm-up steps, before any timing.
+        life = dict(initial_capacity=args.rows) if variant == "dynamic_cold" else {}
+        if variant == "dynamic_lifecycle":
+            life = dict(admission=FrequencyAdmission(2), eviction=LFUEviction(), max_capacity=args.rows // 2)
         return DynamicEmbeddingBagCollection([DynamicEmbeddingBagConfig(**common(t), **life) for t in T],
                                              device=torch.device("meta"))
     raise ValueError(variant)
@@ -191,7 +198,7 @@ class Runner:
     def _next_batch(self):
         kjt = self.batches[self.served % len(self.batches)]
         self.served += 1
-        if self.variant == "dynamic_cold":  # every step brings ids no step has seen
+        if self.variant.startswith("dynamic_cold"):  # every step brings ids no step has seen
             kjt = _shift_ids(kjt, self.served << 40)
         return kjt
 
@@ -295,7 +302,7 @@ def measure(variants, args) -> list:
         # --iters steps over all its rounds, so its table spans what one run of --iters
         # steps creates however many rounds there are. An odd count of at least 3 keeps a
         # step that grows the index (a rehash) out of a round's median.
-        iters = max(3, -(-args.iters // args.rounds) | 1) if v == "dynamic_cold" else args.iters
+        iters = max(3, -(-args.iters // args.rounds) | 1) if v.startswith("dynamic_cold") else args.iters
         times, ratios = [], []
         for r in range(args.rounds):
             if child is base:

@@ -11,12 +11,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_benchmark_writes_its_table(tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "bench_embeddings.py"), "--tables", "2",
            "--rows", "5000", "--dim", "16", "--batch", "64", "--iters", "1", "--rounds", "2", "--warmup", "1", "--batches", "1",
-           "--variants", "baseline,nn_embeddingbag,qr_mult,hashed_block,dynamic_warm,dynamic_cold", "--out", str(tmp_path)]
+           "--variants", "baseline,nn_embeddingbag,qr_mult,hashed_block,dynamic_warm,dynamic_cold,dynamic_cold_grow",
+           "--out", str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "vs baseline" in proc.stdout
     results = {r["variant"]: r for r in json.load(open(tmp_path / "bench_cpu.json"))["results"]}
-    assert set(results) == {"baseline", "nn_embeddingbag", "qr_mult", "hashed_block", "dynamic_warm", "dynamic_cold"}
+    assert set(results) == {"baseline", "nn_embeddingbag", "qr_mult", "hashed_block", "dynamic_warm", "dynamic_cold",
+                            "dynamic_cold_grow"}
     assert all(r["ids_per_s"] > 0 for r in results.values())
     # every variant's ratio comes from 2 rounds, each paired with a round of the baseline
     assert results["baseline"]["ratio"] == 1.0
@@ -33,6 +35,9 @@ def test_benchmark_writes_its_table(tmp_path):
     # a cold one also the ids of every timed step
     assert 0 < results["dynamic_warm"]["table_bytes"] <= 2 * 64 * 8 * (16 * 4 + 8)
     assert results["dynamic_cold"]["table_bytes"] > results["dynamic_warm"]["table_bytes"]
+    # dynamic_cold reserves rows up front and dynamic_cold_grow does not: the same ids
+    # leave the same rows behind
+    assert results["dynamic_cold_grow"]["table_bytes"] == results["dynamic_cold"]["table_bytes"]
     assert (tmp_path / "bench_cpu.png").exists()
 
 
