@@ -315,3 +315,58 @@ def test_fp32_element_mode_matches_reference(threads, dim):
         torch.set_num_threads(before)
     torch.testing.assert_close(out, expect.detach().float(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(w, (w0.double() - 0.5 * ref_w.grad).float(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fp32_element_mode_reads_and_updates_each_distinct_id_once(threads):
+    """The fp32 element kernels gather each distinct id's row once and sum its gradient
+    before one read-modify-write of its elements: with ids that repeat heavily (a few ids
+    take most positions, within and across bags, over two tables in one call), forward,
+    weight gradient and SGD step equal the reference, which handles every position alone."""
+    cfgs = [HashedEmbeddingBagConfig(name=n, num_embeddings=5000, embedding_dim=d, mode="element",
+                                     compression=0.05, row_regions=r, seed=s, signed=True)
+            for n, d, r, s in [("a", 16, 1, 5), ("b", 32, 2, 6)]]
+    g = torch.Generator().manual_seed(3)
+    bags, poolings = [120, 90], [0, 1]
+    batch = []
+    for c, B in zip(cfgs, bags):
+        lengths = torch.randint(0, 9, (B,), generator=g)
+        hot = torch.randint(0, c.num_embeddings, (6,), generator=g)
+        n = int(lengths.sum())
+        ids = torch.where(torch.rand(n, generator=g) < 0.8, hot[torch.randint(0, 6, (n,), generator=g)],
+                          torch.randint(0, c.num_embeddings, (n,), generator=g))
+        batch.append((ids, lengths))
+    ids = torch.cat([b[0] for b in batch])
+    assert ids.unique().numel() < ids.numel() / 3
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cat([b[1] for b in batch]).cumsum(0)])
+    psw = (torch.rand(ids.numel(), generator=g) + 0.5).float()
+    table_bags = [0, bags[0], sum(bags)]
+    layouts = [c.shard_layout() for c in cfgs]
+    ws = [torch.randn(c.buffer_rows, c.embedding_dim) for c in cfgs]
+    gos = [torch.randn(B, c.embedding_dim) for B, c in zip(bags, cfgs)]
+
+    ref_w = [w.double().requires_grad_() for w in ws]
+    ref_out, start = [], 0
+    for t, c in enumerate(cfgs):
+        n = int(batch[t][1].sum())
+        o = torch.cat([torch.zeros(1, dtype=torch.long), batch[t][1].cumsum(0)])
+        ref_out.append(ref.pooled(c, ref_w[t], ids[start:start + n].numpy(), o, psw[start:start + n].double(),
+                                  mean=poolings[t] == 1))
+        start += n
+    sum((r * go.double()).sum() for r, go in zip(ref_out, gos)).backward()
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        w_in = [w.clone().requires_grad_() for w in ws]
+        outs = hashed_bags(w_in, ids, offsets, psw, table_bags, poolings, layouts)
+        sum((o * go).sum() for o, go in zip(outs, gos)).backward()
+        stepped = [w.clone() for w in ws]
+        hashed_bags_sgd_(stepped, gos, ids, offsets, psw, table_bags, poolings, layouts, 0.5, False)
+    finally:
+        torch.set_num_threads(before)
+    for t in range(2):
+        torch.testing.assert_close(outs[t].detach(), ref_out[t].detach().float(), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(w_in[t].grad, ref_w[t].grad.float(), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(stepped[t], (ws[t].double() - 0.5 * ref_w[t].grad).float(), rtol=1e-5,
+                                   atol=1e-5)
