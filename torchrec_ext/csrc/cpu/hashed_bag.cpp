@@ -27,6 +27,7 @@
 #include "../check_inputs.h"
 #include "../fast_div.h"
 #include "../hashed_layout.h"
+#include "prefetch.h"
 #include "vec_hash.h"
 
 namespace torchrec_ext {
@@ -87,9 +88,9 @@ struct Addresser {
   // callers' registers serve (reading them back through a Segment* measured slower).
   template <typename scalar_t>
   void prefetch(const scalar_t* w, int64_t a, int64_t len1, int64_t b) const {
-    __builtin_prefetch(w + a);
-    __builtin_prefetch(w + a + len1 - 1);
-    if (len1 < Z) __builtin_prefetch(w + b);
+    prefetch_l2(w + a);
+    prefetch_l2(w + a + len1 - 1);
+    if (len1 < Z) prefetch_l2(w + b);
   }
 
   int64_t region(int64_t local_id) const {
@@ -117,7 +118,7 @@ struct Addresser {
         seg->a = (base + static_cast<int64_t>(slots.mod(h & kLow63))) * D + c;
         seg->len1 = 1;
         seg->b = seg->a;
-        __builtin_prefetch(w + seg->a);
+        prefetch_l2(w + seg->a);
       } else {
         const int64_t f = static_cast<int64_t>(starts.mod(h & kLow63)) * L.align;
         const int64_t slot = static_cast<int64_t>(chunk.div(f));
@@ -157,7 +158,7 @@ struct Addresser {
     _mm512_store_si512(a, element_addr8(h0, base, gcol, c, negative));
     for (int k = 0; k < 8; ++k) {
       seg[k] = Segment{a[k], a[k], 1, (negative >> k) & 1 ? -1.0 : 1.0};
-      __builtin_prefetch(w + a[k]);
+      prefetch_l2(w + a[k]);
     }
   }
 
@@ -171,7 +172,7 @@ struct Addresser {
     const int64_t col0 = L.col_offset;
     for (int64_t g = g0; g < g1; ++g) {
       _mm512_storeu_si512(addr + 8 * g, element_addr8(h0, base, col0 + 8 * g, 8 * g, neg[g]));
-      for (int k = 0; k < 8; ++k) __builtin_prefetch(w + addr[8 * g + k]);
+      for (int k = 0; k < 8; ++k) prefetch_l2(w + addr[8 * g + k]);
     }
   }
 
