@@ -14,6 +14,7 @@
 
 #include "../dynamic_check.h"
 #include "../dynamic_table.h"
+#include "prefetch.h"
 
 namespace torchrec_ext {
 namespace {
@@ -27,6 +28,16 @@ inline int64_t wait_published(int64_t* slot_row) {
     r = Ref(*slot_row).load(std::memory_order_acquire);
   }
   return r;
+}
+
+// Keys ahead of the one being probed whose home slots are prefetched: a probe's two
+// random lines (key and row) then overlap with the probes before it.
+constexpr int64_t kPrefetchAhead = 16;
+
+inline void prefetch_slot(const int64_t* sk, const int64_t* sr, int64_t mask, int64_t key) {
+  const int64_t i = static_cast<int64_t>(key_hash(key)) & mask;
+  prefetch_l2(sk + i);
+  prefetch_l2(sr + i);
 }
 
 // Slot holding `key`, or -1.
@@ -83,6 +94,7 @@ at::Tensor per_key_slot(const at::Tensor& slot_keys, const at::Tensor& slot_rows
   int64_t* o = out.data_ptr<int64_t>();
   at::parallel_for(0, keys.numel(), 1024, [&](int64_t a, int64_t b) {
     for (int64_t n = a; n < b; ++n) {
+      if (n + kPrefetchAhead < b) prefetch_slot(sk, sr, mask, k[n + kPrefetchAhead]);
       const int64_t s = find_slot(sk, sr, mask, k[n]);
       o[n] = s < 0 ? -1 : fn(sr[s]);
     }
@@ -126,8 +138,13 @@ at::Tensor hash_index_lookup_cpu(at::TensorList slot_keys, at::TensorList slot_r
   std::atomic<bool> bad{false};
   at::parallel_for(0, keys.numel(), 1024, [&](int64_t a, int64_t b) {
     size_t t = std::upper_bound(key_ends.begin(), key_ends.end(), a) - key_ends.begin() - 1;
+    size_t tp = t;  // the table of key n + kPrefetchAhead
     for (int64_t n = a; n < b; ++n) {
       while (key_ends[t + 1] <= n) ++t;
+      if (n + kPrefetchAhead < b) {
+        while (key_ends[tp + 1] <= n + kPrefetchAhead) ++tp;
+        prefetch_slot(sk[tp], sr[tp], mask[tp], k[n + kPrefetchAhead]);
+      }
       const int64_t s = find_slot(sk[t], sr[t], mask[t], k[n]);
       const int64_t row = s < 0 ? -1 : Ref(sr[t][s]).load(std::memory_order_acquire);
       o[n] = row;
@@ -163,6 +180,7 @@ std::tuple<at::Tensor, at::Tensor> hash_index_insert_cpu(
   std::atomic<bool> full{false};
   at::parallel_for(0, keys.numel(), 256, [&](int64_t a, int64_t b) {
     for (int64_t n = a; n < b; ++n) {
+      if (n + kPrefetchAhead < b) prefetch_slot(sk, sr, mask, k[n + kPrefetchAhead]);
       r[n] = insert_key(sk, sr, mask, k[n], pl, pool.numel(), used, ins + n);
       if (r[n] < 0) full.store(true);
     }
