@@ -5,10 +5,18 @@ step: forward + backward + optimizer step on power-law ids. TorchRec's EBC goes 
 DistributedModelParallel with FBGEMM's fused TBE (the baseline); torchrec_ext's tables go
 through DMP with their fused kernels; `nn.EmbeddingBag` trains with sparse SGD.
 
+`--step forward` times the pooled lookup alone (no backward, no update).
+
 Every speed is also a ratio to the baseline, measured in pairs: the baseline's process
 stays up, and each variant's process takes turns with it, round by round (--rounds of
 --iters steps each, order swapped every round). A round's ratio is the baseline's median
 step over the variant's; the table gives the median ratio and the range over rounds.
+
+Next to each figure, the memory-bandwidth bound: the bytes the step would move if each
+looked-up row were read once (and, training, read and written once more by the update),
+plus the pooled output (and its gradient), FBGEMM's benchmark convention, over the step's
+time, against the device's copy bandwidth measured in the same run (a large tensor
+copied: bytes read + written per second).
 
     python benchmarks/bench_embeddings.py                      # default: 8 x 1M x 64, batch 4096
     python benchmarks/bench_embeddings.py --rows 100000 --iters 5 --variants baseline,qr_mult
@@ -159,9 +167,12 @@ class Runner:
 
             def step(kjt):
                 opt.zero_grad()
-                outs = [tables[t](jt.values(), jt.offsets()[:-1]) for t, jt in enumerate(kjt.to_dict().values())]
-                torch.cat(outs, dim=1).sum().backward()
-                opt.step()
+                with torch.set_grad_enabled(args.step == "train"):
+                    outs = [tables[t](jt.values(), jt.offsets()[:-1]) for t, jt in enumerate(kjt.to_dict().values())]
+                    out = torch.cat(outs, dim=1)
+                if args.step == "train":
+                    out.sum().backward()
+                    opt.step()
 
             return step, lambda: table_bytes(tables)
 
@@ -189,8 +200,10 @@ class Runner:
                                        plan=plan, sharders=sharders, device=device)
 
         def step(kjt):
-            out = dmp.module.ebc(kjt)
-            out.values().sum().backward()  # embedding tables update in backward (fused)
+            with torch.set_grad_enabled(args.step == "train"):
+                out = dmp.module.ebc(kjt)
+            if args.step == "train":
+                out.values().sum().backward()  # embedding tables update in backward (fused)
 
         # after the run: a dynamic table holds what the batches created
         return step, lambda: sum(v.numel() * v.element_size() for v in _local_tensors(dmp.state_dict()))
@@ -285,6 +298,38 @@ def _median(xs):
     return xs[len(xs) // 2] if len(xs) % 2 else 0.5 * (xs[len(xs) // 2 - 1] + xs[len(xs) // 2])
 
 
+def step_bytes(args) -> int:
+    """Bytes a step moves at the least (FBGEMM's benchmark convention): every looked-up
+    row read once, the ids, and the pooled output written; training adds the output's
+    gradient read and every looked-up row read and written by the update. The same for
+    every variant: the traffic of the virtual [rows, dim] fp32 tables."""
+    ids = args.tables * args.batch * args.bag
+    rows = ids * args.dim * 4
+    pooled = args.tables * args.batch * args.dim * 4
+    forward = rows + ids * 8 + pooled
+    return forward if args.step == "forward" else forward + pooled + 2 * rows
+
+
+def copy_bandwidth(device_name: str, threads: int, mib: int = 512) -> float:
+    """The device's copy bandwidth in bytes/s (read + written), best of 5 copies of `mib` MiB."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    device = torch.device(device_name)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    src = torch.ones(mib << 18, device=device)  # mib MiB of fp32
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(6):
+        sync()
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.numel() * 4 / best
+
+
 def measure(variants, args) -> list:
     """Times every variant in rounds, each round next to a round of the baseline (the two
     processes take turns, never run at once, and swap order every round), so a ratio
@@ -318,8 +363,9 @@ def measure(variants, args) -> list:
                     ratios.append(_median(got[id(base)]) / _median(times[-1]))
             bar.update(1)
         step = _median([t for ts in times for t in ts])
-        results.append({"variant": v, "description": VARIANTS[v], "step_ms": step * 1e3,
+        results.append({"variant": v, "description": VARIANTS[v], "step": args.step, "step_ms": step * 1e3,
                         "ids_per_s": args.batch * args.bag * args.tables / step,
+                        "bytes_per_step": step_bytes(args),
                         "ratio": _median(ratios) if ratios else (1.0 if child is base else None),
                         "ratio_rounds": ratios, **child.stats()})
         if child is not base:
@@ -331,6 +377,11 @@ def measure(variants, args) -> list:
         b["ids_per_s"] = args.batch * args.bag * args.tables / (b["step_ms"] / 1e3)
         b.update(base.stats())
         base.close()
+    copy = copy_bandwidth(args.device, args.threads)  # with no child alive
+    for r in results:
+        r["copy_bytes_per_s"] = copy
+        r["bytes_per_s"] = r["bytes_per_step"] / (r["step_ms"] / 1e3)
+        r["of_copy_bandwidth"] = r["bytes_per_s"] / copy
     return results
 
 
@@ -356,14 +407,15 @@ def _local_tensors(state):
 
 
 def print_table(results):
-    hdr = (f"{'variant':<24}{'ids/s':>14}{'vs baseline':>13}{'rounds':>14}{'step ms':>10}{'table MB':>11}"
-           f"{'peak RSS MB':>13}")
+    hdr = (f"{'variant':<24}{'ids/s':>14}{'vs baseline':>13}{'rounds':>14}{'step ms':>10}{'GB/s':>8}"
+           f"{'of copy':>9}{'table MB':>11}{'peak RSS MB':>13}")
     print(hdr)
     print("-" * len(hdr))
     for r in results:
         ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"
         spread = (f"{min(r['ratio_rounds']):.2f}-{max(r['ratio_rounds']):.2f}" if r["ratio_rounds"] else "-")
         print(f"{r['variant']:<24}{r['ids_per_s']:>14,.0f}{ratio:>13}{spread:>14}{r['step_ms']:>10.1f}"
+              f"{r['bytes_per_s'] / 1e9:>8.1f}{r['of_copy_bandwidth']:>9.0%}"
               f"{r['table_bytes'] / 2**20:>11.1f}{r['peak_rss_bytes'] / 2**20:>13.0f}")
 
 
@@ -376,7 +428,8 @@ def plot(results, path):
     names = [r["variant"] for r in results]
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     a.barh(names, [r["ids_per_s"] / 1e6 for r in results])
-    a.set_xlabel("M ids/s (fwd + bwd + optimizer)")
+    a.set_xlabel("M ids/s (" + ("forward" if results and results[0].get("step") == "forward"
+                                else "fwd + bwd + optimizer") + ")")
     b.barh(names, [r["table_bytes"] / 2**20 for r in results])
     b.set_xscale("log")
     b.set_xlabel("table MB (log)")
@@ -398,6 +451,8 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=4, help="distinct batches cycled through")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--step", choices=["train", "forward"], default="train",
+                   help="train: forward + backward + fused SGD; forward: the pooled lookup alone")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--out", default="benchmarks/results", help="folder for the JSON and the PNG")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -423,8 +478,10 @@ def main() -> None:
     results = measure(variants, args)
     print(f"\n{args.tables} tables x {args.rows:,} rows x dim {args.dim}, batch {args.batch}, "
           f"{args.bag} ids/bag, power-law alpha {args.alpha}, device {args.device}, "
-          f"{os.cpu_count()} cores ({platform.processor() or platform.machine()})\n")
+          f"{os.cpu_count()} cores ({platform.processor() or platform.machine()}), step: {args.step}\n")
     print_table(results)
+    print(f"\nGB/s: the step's least traffic ({results[0]['bytes_per_step'] / 1e6:.1f} MB) over its time; "
+          f"of copy: against this device's copy bandwidth, {results[0]['copy_bytes_per_s'] / 1e9:.1f} GB/s")
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"bench_{args.device}")
     with open(stem + ".json", "w") as f:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-command GPU check, for a machine with a CUDA GPU and a CUDA build of torch:
-# builds the CUDA ops, runs the kernel and hash-index tests on the GPU, and the
-# hash-index benchmark.
+# builds the CUDA ops, runs the kernel and hash-index tests on the GPU, the hash-index
+# benchmark, and the embedding benchmark where torchrec is installed.
 # The lent GPU machines have torch but no torchrec/fbgemm-gpu (the CUDA fbgemm wheel is
 # too large to carry), so this uses the machine's own python and installs only what the
 # op tests need; torchrec is installed with --no-deps when its wheel is available.
@@ -12,4 +12,12 @@ PY=${PYTHON:-python3}
 "$PY" -m pip install -q numpy pytest ninja 2>/dev/null || true
 "$PY" -c "from torchrec_ext.ops import _native; _native.load(); print('built', _native.build_dir())"
 "$PY" -m pytest -q tests/test_hashed_ops.py tests/test_hashed_positions.py tests/test_qr_ops.py tests/test_dynamic_ops.py tests/test_hash_table.py -k cuda "$@"
-"$PY" benchmarks/bench_hash_table.py --device cuda --keys 16000000 --batch 1048576
+"$PY" benchmarks/bench_hash_table.py --device cuda --keys 16000000 --batch 1048576 --dim 8
+# The embedding benchmark compares against TorchRec's EBC, so it needs torchrec and the CUDA
+# fbgemm-gpu; with them, it records the GPU figures and their copy-bandwidth bound.
+if "$PY" -c "import torchrec, fbgemm_gpu" 2>/dev/null; then
+  "$PY" benchmarks/bench_embeddings.py --device cuda --out benchmarks/results
+  "$PY" benchmarks/bench_embeddings.py --device cuda --step forward --out benchmarks/results/forward
+else
+  echo "torchrec or fbgemm_gpu missing: the embedding benchmark (TorchRec's EBC is its baseline) was skipped"
+fi

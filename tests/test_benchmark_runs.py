@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -39,6 +41,30 @@ def test_benchmark_writes_its_table(tmp_path):
     # leave the same rows behind
     assert results["dynamic_cold_grow"]["table_bytes"] == results["dynamic_cold"]["table_bytes"]
     assert (tmp_path / "bench_cpu.png").exists()
+    # the bandwidth bound: the least traffic of a training step (rows read, then read and
+    # written by the update; ids; pooled output and its gradient) over the step's time
+    ids, pooled = 2 * 64 * 8, 2 * 64 * 16 * 4
+    for r in results.values():
+        assert r["bytes_per_step"] == 3 * ids * 16 * 4 + ids * 8 + 2 * pooled
+        assert r["bytes_per_s"] == pytest.approx(r["bytes_per_step"] / (r["step_ms"] / 1e3))
+        assert r["copy_bytes_per_s"] > 1e8
+        assert r["of_copy_bandwidth"] == pytest.approx(r["bytes_per_s"] / r["copy_bytes_per_s"])
+
+
+def test_benchmark_times_the_forward_pass_alone(tmp_path):
+    """--step forward times the pooled lookup only, and the bandwidth bound counts the
+    forward pass's traffic: rows read, ids, pooled output."""
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "bench_embeddings.py"), "--tables", "2",
+           "--rows", "5000", "--dim", "16", "--batch", "64", "--iters", "1", "--rounds", "1", "--warmup", "1",
+           "--batches", "1", "--variants", "baseline,hashed_block", "--step", "forward", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "step: forward" in proc.stdout
+    results = {r["variant"]: r for r in json.load(open(tmp_path / "bench_cpu.json"))["results"]}
+    ids = 2 * 64 * 8
+    for r in results.values():
+        assert r["step"] == "forward"
+        assert r["bytes_per_step"] == ids * 16 * 4 + ids * 8 + 2 * 64 * 16 * 4
 
 
 def test_hash_table_benchmark_runs(tmp_path):
@@ -48,3 +74,4 @@ def test_hash_table_benchmark_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.load(open(tmp_path / "bench_hash_table_cpu.json"))
     assert r["final_size"] >= 20000 and r["insert_keys_per_s"] > 0 and r["find_keys_per_s"] > 0
+    assert r["dim"] == 8 and r["find_values_keys_per_s"] > 0
