@@ -11,7 +11,8 @@
 // which spares a gradient the size of the buffer and a pass over all of it. The fused
 // training path keeps block mode's positions from the forward pass (one packed word
 // per block, see Addresser::pack) so that the backward pass reads them instead of
-// hashing every id again.
+// hashing every id again. Element mode (fp32) reads and writes each distinct id of a
+// range once, since its row is D cache lines apart (see DistinctIds).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -526,6 +527,14 @@ void forward_range(const scalar_t* w, const Addresser& A, const int64_t* idx,
                    Positions keep, scalar_t* out) {
   using acc_t = acc_type<scalar_t>;
   const int64_t D = A.D, Z = A.Z, C = A.C;
+#if TRX_VEC_HASH
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (A.vec_elements && D % 8 == 0) {
+      forward_elements(w, A, idx, off, psw, b0, b1, mean, out);
+      return;
+    }
+  }
+#endif
   std::vector<acc_t> acc(D);
   std::vector<Segment> win;
   int64_t b = b0 - 1, bag_end = off[b0];
@@ -543,14 +552,6 @@ void forward_range(const scalar_t* w, const Addresser& A, const int64_t* idx,
     }
     return psw ? static_cast<acc_t>(psw[i]) : acc_t(1);
   };
-#if TRX_VEC_HASH
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    if (A.vec_elements && D % 8 == 0) {
-      forward_elements(w, A, idx, off, psw, b0, b1, mean, out);
-      return;
-    }
-  }
-#endif
   auto add_segments = [&](int64_t i, const Segment* seg) {
     const acc_t pw = enter(i);
     if (A.L.mode == 0) {
