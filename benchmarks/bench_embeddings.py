@@ -166,11 +166,11 @@ class Runner:
             opt = torch.optim.SGD(tables.parameters(), lr=0.01)
 
             def step(kjt):
-                opt.zero_grad()
                 with torch.set_grad_enabled(args.step == "train"):
                     outs = [tables[t](jt.values(), jt.offsets()[:-1]) for t, jt in enumerate(kjt.to_dict().values())]
                     out = torch.cat(outs, dim=1)
                 if args.step == "train":
+                    opt.zero_grad()
                     out.sum().backward()
                     opt.step()
 
@@ -298,12 +298,16 @@ def _median(xs):
     return xs[len(xs) // 2] if len(xs) % 2 else 0.5 * (xs[len(xs) // 2 - 1] + xs[len(xs) // 2])
 
 
+def ids_per_step(args) -> int:
+    return args.tables * args.batch * args.bag
+
+
 def step_bytes(args) -> int:
     """Bytes a step moves at the least (FBGEMM's benchmark convention): every looked-up
     row read once, the ids, and the pooled output written; training adds the output's
     gradient read and every looked-up row read and written by the update. The same for
     every variant: the traffic of the virtual [rows, dim] fp32 tables."""
-    ids = args.tables * args.batch * args.bag
+    ids = ids_per_step(args)
     rows = ids * args.dim * 4
     pooled = args.tables * args.batch * args.dim * 4
     forward = rows + ids * 8 + pooled
@@ -311,7 +315,8 @@ def step_bytes(args) -> int:
 
 
 def copy_bandwidth(device_name: str, threads: int, mib: int = 512) -> float:
-    """The device's copy bandwidth in bytes/s (read + written), best of 5 copies of `mib` MiB."""
+    """The device's copy bandwidth in bytes/s (read + written): the best of 6 copies of
+    `mib` MiB (the first also faults the destination in, so it is never the best)."""
     import torch
 
     if threads:
@@ -364,7 +369,7 @@ def measure(variants, args) -> list:
             bar.update(1)
         step = _median([t for ts in times for t in ts])
         results.append({"variant": v, "description": VARIANTS[v], "step": args.step, "step_ms": step * 1e3,
-                        "ids_per_s": args.batch * args.bag * args.tables / step,
+                        "ids_per_s": ids_per_step(args) / step,
                         "bytes_per_step": step_bytes(args),
                         "ratio": _median(ratios) if ratios else (1.0 if child is base else None),
                         "ratio_rounds": ratios, **child.stats()})
@@ -374,7 +379,7 @@ def measure(variants, args) -> list:
     if base is not None:  # the baseline's own figure: every round it ran
         b = next(r for r in results if r["variant"] == "baseline")
         b["step_ms"] = _median([t for ts in base_times for t in ts]) * 1e3
-        b["ids_per_s"] = args.batch * args.bag * args.tables / (b["step_ms"] / 1e3)
+        b["ids_per_s"] = ids_per_step(args) / (b["step_ms"] / 1e3)
         b.update(base.stats())
         base.close()
     copy = copy_bandwidth(args.device, args.threads)  # with no child alive

@@ -388,46 +388,51 @@ inline void elements_windowed(const Addresser& A, const float* w, const int64_t*
   }
 }
 
-// The distinct ids of a range, in first-seen order: add(id) gives id's index among them.
-// Element mode reads and writes an id's row as D separate cache lines, so the element
-// kernels work on each distinct id once (under the benchmark's power law, 37% of a
-// batch's ids are distinct). Open addressing with linear probing over at least twice as
-// many slots as ids; ids are non-negative (checked), so -1 marks a free slot. The
-// storage is per thread and kept between calls, so a call allocates nothing once warm.
+// The distinct ids of a range, in first-seen order, and each position's index among
+// them. Element mode reads and writes an id's row as D separate cache lines, so the
+// element kernels work on each distinct id once when ids repeat (see kMostDistinct).
+// Open addressing with linear probing over at least twice as many slots as ids; ids are
+// non-negative (checked), so -1 marks a free slot. The storage is per thread and kept
+// between calls, so a call allocates nothing once warm.
 class DistinctIds {
  public:
-  void reset(int64_t max_ids) {
+  // Indexes positions ids[0 .. n).
+  void index(const int64_t* ids, int64_t n) {
     int64_t cap = 16;
-    while (cap < 2 * max_ids) cap <<= 1;
+    while (cap < 2 * n) cap <<= 1;
     shift_ = 64 - __builtin_ctzll(static_cast<uint64_t>(cap));
     mask_ = cap - 1;
     slots_.assign(cap, Slot{-1, 0});
     ids_.clear();
-  }
-  // (index, whether id is new).
-  std::pair<int64_t, bool> add(int64_t id) {
-    int64_t s = static_cast<int64_t>((static_cast<uint64_t>(id) * 0x9E3779B97F4A7C15ULL) >> shift_);
-    while (true) {
-      Slot& slot = slots_[s];
-      if (slot.id == id) return {slot.index, false};
-      if (slot.id < 0) {
-        slot = Slot{id, static_cast<int64_t>(ids_.size())};
-        ids_.push_back(id);
-        return {slot.index, true};
-      }
-      s = (s + 1) & mask_;
-    }
+    which_.resize(n);
+    for (int64_t k = 0; k < n; ++k) which_[k] = add(ids[k]);
   }
   const int64_t* ids() const { return ids_.data(); }
   int64_t size() const { return static_cast<int64_t>(ids_.size()); }
+  // Position k's index among the distinct ids.
+  int64_t which(int64_t k) const { return which_[k]; }
 
  private:
   struct Slot {
     int64_t id;
     int64_t index;
   };
+  int64_t add(int64_t id) {
+    int64_t s = static_cast<int64_t>((static_cast<uint64_t>(id) * 0x9E3779B97F4A7C15ULL) >> shift_);
+    while (true) {
+      Slot& slot = slots_[s];
+      if (slot.id == id) return slot.index;
+      if (slot.id < 0) {
+        slot = Slot{id, size()};
+        ids_.push_back(id);
+        return slot.index;
+      }
+      s = (s + 1) & mask_;
+    }
+  }
   std::vector<Slot> slots_;
   std::vector<int64_t> ids_;
+  std::vector<int64_t> which_;
   int shift_ = 60;
   int64_t mask_ = 15;
 };
@@ -444,11 +449,8 @@ inline void forward_elements(const float* w, const Addresser& A, const int64_t* 
                              const float* psw, int64_t b0, int64_t b1, bool mean, float* out) {
   const int64_t D = A.D, G = D / 8, i0 = off[b0], n = off[b1] - i0;
   thread_local DistinctIds distinct;
-  thread_local std::vector<int64_t> which;  // position i0 + k's index among the distinct ids
   thread_local std::vector<float> rows;
-  distinct.reset(n);
-  which.resize(n);
-  for (int64_t k = 0; k < n; ++k) which[k] = distinct.add(idx[i0 + k]).first;
+  distinct.index(idx + i0, n);
   std::fill(out + b0 * D, out + b1 * D, 0.0f);
   auto gather = [&](const int64_t* addr, const __mmask8* neg, int64_t g) {
     const __m256 v = _mm512_i64gather_ps(_mm512_loadu_si512(addr + 8 * g), w, 4);
@@ -473,7 +475,7 @@ inline void forward_elements(const float* w, const Addresser& A, const int64_t* 
       float* o = out + b * D;
       for (int64_t i = off[b]; i < off[b + 1]; ++i) {
         const float pw = psw ? psw[i] : 1.0f;
-        const float* r = &rows[which[i - i0] * D];
+        const float* r = &rows[distinct.which(i - i0) * D];
         for (int64_t j = 0; j < D; ++j) o[j] += pw * r[j];
       }
     }
@@ -510,10 +512,7 @@ inline void backward_elements(const float* go, const Addresser& A, const int64_t
                               double alpha, float* dst) {
   const int64_t D = A.D, G = D / 8, per = std::max<int64_t>(1, kWindowSegments / D), n = off[b1] - off[b0];
   thread_local DistinctIds distinct;
-  thread_local std::vector<int64_t> which;  // position off[b0] + k's index among the distinct ids
-  distinct.reset(n);
-  which.resize(n);
-  for (int64_t k = 0; k < n; ++k) which[k] = distinct.add(idx[off[b0] + k]).first;
+  distinct.index(idx + off[b0], n);
   std::vector<int64_t> addr(per * D);
   std::vector<__mmask8> neg(per * G);
   if (distinct.size() > kMostDistinct * n) {
@@ -551,7 +550,7 @@ inline void backward_elements(const float* go, const Addresser& A, const int64_t
   cols.assign(distinct.size(), {0, 0});  // (0, 0): not in these units
   ids_in_units(A, idx, off, b0, b1, mean, u0, u1, alpha,
                [&](int64_t b, int64_t i, double scale, int64_t c_lo, int64_t c_hi) {
-    const int64_t u = which[i - off[b0]];
+    const int64_t u = distinct.which(i - off[b0]);
     cols[u] = {c_lo, c_hi};  // an id's region, so its columns here, is the same at every position
     const float coef = static_cast<float>(scale * (psw ? psw[i] : 1.0));
     float* sum = &sums[u * D];
