@@ -140,8 +140,6 @@ class Runner:
 
         self.variant, self.args = variant, args
         self.device = device = torch.device(args.device)
-        if variant.endswith("_per_table"):  # read when the sharded kernels are built
-            os.environ["TORCHREC_EXT_TABLE_BATCHING"] = "0"
         torch.set_num_threads(args.threads or torch.get_num_threads())
         self.rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         self.step, self.held_bytes = self._build()
@@ -190,7 +188,9 @@ class Runner:
         dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
         model = torch.nn.Module()
         model.ebc = build(self.variant, args, device)
-        sharders = get_sharders(fused_params={"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": 0.01})
+        # *_per_table: table batching off, one native call per table
+        sharders = get_sharders(fused_params={"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": 0.01},
+                                table_batching=not self.variant.endswith("_per_table"))
         constraints = {f"t{t}": ParameterConstraints(sharding_types=[ShardingType.TABLE_WISE.value])
                        for t in range(args.tables)}
         planner = make_planner(Topology(world_size=1, compute_device=device.type), batch_size=args.batch,
@@ -400,7 +400,7 @@ def _local_tensors(state):
     """Tensors held on this rank (a dynamic table: the keys and rows it has created)."""
     from torch.distributed._shard.sharded_tensor import ShardedTensor
 
-    from torchrec_ext.modules.dynamic_rows import KeyedRows
+    from torchrec_ext.modules.dynamic import KeyedRows
 
     for v in state.values():
         if isinstance(v, KeyedRows):

@@ -34,6 +34,8 @@ from torchrec.models.dlrm import SparseArch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from quiet import quiet_known_warnings  # noqa: E402
+
 VARIANTS = ("full", "hashed", "qr", "dynamic")
 
 
@@ -111,17 +113,18 @@ def make_data(variant: str, args, split: str):
 def embedding_bytes(dmp, plan, world_size: int) -> int:
     """Bytes of embedding state across all ranks: what the plan places for fixed-size tables
     (hashed buffers, QR partition tables), the rows created for dynamic tables."""
-    from torchrec_ext.modules.dynamic_embedding_bag import DynamicEmbeddingBagConfig
-    from torchrec_ext.sharding import planned_bytes
+    from torchrec_ext.modules.table_kind import find_table_kind
+    from torchrec_ext.sharding import ShardedDynamicEmbeddingBagCollection, planned_bytes
 
     total = 0
     configs = {c.name: c for c in dmp.module.model.sparse_arch.embedding_bag_collection.embedding_bag_configs()}
     for module_plan in plan.plan.values():
         for name, ps in module_plan.items():
-            if not isinstance(configs[name], DynamicEmbeddingBagConfig):
+            kind = find_table_kind(configs[name])
+            if kind is None or kind.fixed_size:
                 total += planned_bytes(configs[name], ps, world_size)
     for coll in dmp.module.model.sparse_arch.embedding_bag_collection.collections:
-        if hasattr(coll, "table_size"):
+        if isinstance(coll, ShardedDynamicEmbeddingBagCollection):
             for cfg in coll.embedding_bag_configs():
                 rows = torch.tensor([coll.table_size(cfg.name)])
                 dist.all_reduce(rows)
@@ -132,6 +135,7 @@ def embedding_bytes(dmp, plan, world_size: int) -> int:
 def worker(rank: int, world_size: int, port: int, variant: str, args, result_path: str) -> None:
     """One rank: owns the process group; everything that holds it lives in train_and_eval."""
     faulthandler.enable(all_threads=True)  # a native abort prints every thread's Python stack
+    quiet_known_warnings()
     torch.set_num_threads(max(1, args.threads // world_size))
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=600))
@@ -300,9 +304,10 @@ def main() -> None:
     p.add_argument("--resume", help="DCP checkpoint to continue from (any number of processes)")
     p.add_argument("--out", default="examples/results")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--log-every", type=int, default=100, help="steps between progress lines (no terminal)")
     p.add_argument("--progress", action="store_true", default=sys.stderr.isatty())
     args = p.parse_args()
+    quiet_known_warnings()
     variants = [v for v in args.variants.split(",") if v]
     bad = [v for v in variants if v not in VARIANTS]
     if bad:

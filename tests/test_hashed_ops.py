@@ -7,6 +7,7 @@ import hashed_reference as ref
 from batches import DEVICES, assert_kernel_matches_reference, make_batch
 from torchrec_ext import HashedEmbeddingBagConfig
 from torchrec_ext.ops import coord_uniform_, hashed_bag, hashed_bag_sgd_, hashed_bags, hashed_bags_keep, hashed_bags_sgd_
+from torchrec_ext.modules.hashed import shard_layout
 
 CASES = [
     dict(mode="element", signed=False),
@@ -30,7 +31,7 @@ def test_forward_and_gradients_match_reference(case, pooling, weighted, device):
     psw = psw if weighted else None
 
     assert_kernel_matches_reference(
-        lambda ws, i, o, p: hashed_bag(ws[0], i, o, p, pooling, cfg.shard_layout()),
+        lambda ws, i, o, p: hashed_bag(ws[0], i, o, p, pooling, shard_layout(cfg)),
         lambda ws, p: ref.pooled(cfg, ws[0], ids.numpy(), offsets, p, mean=pooling == 1),
         [w], ids, offsets, psw, device, psw_rtol=1e-5)
 
@@ -53,14 +54,14 @@ def test_fused_sgd_equals_reference_gradient_step(case, pooling, device):
 
     w = w0.clone().to(device)
     gpsw = hashed_bag_sgd_(w, go.to(device), ids.to(device), offsets.to(device),
-                           psw.to(device), pooling, cfg.shard_layout(), 0.25, True)
+                           psw.to(device), pooling, shard_layout(cfg), 0.25, True)
     torch.testing.assert_close(w.cpu(), w0 - 0.25 * w_ref.grad)
     torch.testing.assert_close(gpsw.cpu().double(), p_ref.grad, rtol=1e-5, atol=1e-6)
     # Without per-sample weights, nothing else is returned; repeated ids accumulate.
     w2 = w0.clone().to(device)
     dup = torch.tensor([3, 3, 3, 500]).to(device)
     out = hashed_bag_sgd_(w2, go[:2].to(device), dup, torch.tensor([0, 3, 4]).to(device), None, 0,
-                          cfg.shard_layout(), 1.0, False)
+                          shard_layout(cfg), 1.0, False)
     assert out.numel() == 0
     w_ref2 = w0.clone().requires_grad_()
     (ref.pooled(cfg, w_ref2, dup.cpu().numpy(), torch.tensor([0, 3, 4])) * go[:2]).sum().backward()
@@ -76,11 +77,11 @@ def test_block_starts_fall_on_multiples_of_block_align(align, device):
     D, Z = 32, 16
     cfg = HashedEmbeddingBagConfig(name="t", num_embeddings=5000, embedding_dim=D, chunk_size=Z,
                                    block_align=align, compression=0.05, row_regions=2, seed=7)
-    assert cfg.shard_layout().align == align
+    assert shard_layout(cfg).align == align
     w = torch.arange(cfg.buffer_rows * D, dtype=torch.float64).view(-1, D)
     ids = torch.arange(0, 5000, 7)
     offsets = torch.arange(ids.numel() + 1)
-    pos = hashed_bag(w.to(device), ids.to(device), offsets.to(device), None, 0, cfg.shard_layout()).cpu().long()
+    pos = hashed_bag(w.to(device), ids.to(device), offsets.to(device), None, 0, shard_layout(cfg)).cpu().long()
     row, col = pos // D, pos % D
     region = (ids // cfg.rows_per_region)[:, None]
     assert bool((col // Z == torch.arange(D) // Z).all())  # block c stays in column band c
@@ -110,7 +111,7 @@ def test_one_batched_call_equals_the_reference_table_by_table(device):
                                      row_regions=4, seed=4)]
     bags, poolings = [9, 14, 0, 7], [1, 0, 0, 1]
     # table d is the second row shard of a 2-way row-wise plan: local ids, offset layout
-    layouts = [c.shard_layout() for c in cfgs[:3]] + [cfgs[3].shard_layout(row_offset=2 * cfgs[3].slots)]
+    layouts = [shard_layout(c) for c in cfgs[:3]] + [shard_layout(cfgs[3], row_offset=2 * cfgs[3].slots)]
     local_rows = [c.num_embeddings for c in cfgs[:3]] + [2 * cfgs[3].rows_per_region]
     ws = [torch.randn(c.buffer_rows, c.embedding_dim, dtype=torch.float64) for c in cfgs]
     ws[3] = ws[3][2 * cfgs[3].slots:].contiguous()
@@ -163,12 +164,12 @@ def test_fp32_block_chunks_of_16_columns_match_reference(chunk):
     ids, offsets, _ = make_batch(cfg.num_embeddings, 300, 6, seed=4)
     ref_w = w0.double().requires_grad_()
     expect = ref.pooled(cfg, ref_w, ids.numpy(), offsets)
-    torch.testing.assert_close(hashed_bag(w0, ids, offsets, None, 0, cfg.shard_layout()), expect.float(),
+    torch.testing.assert_close(hashed_bag(w0, ids, offsets, None, 0, shard_layout(cfg)), expect.float(),
                                rtol=1e-5, atol=1e-5)
     go = torch.randn(300, 64)
     (expect * go.double()).sum().backward()
     w = w0.clone()
-    hashed_bag_sgd_(w, go, ids, offsets, None, 0, cfg.shard_layout(), 0.5, False)
+    hashed_bag_sgd_(w, go, ids, offsets, None, 0, shard_layout(cfg), 0.5, False)
     torch.testing.assert_close(w, (w0.double() - 0.5 * ref_w.grad).float(), rtol=1e-5, atol=1e-5)
 
 
@@ -179,7 +180,7 @@ def test_ids_beyond_int32_range_use_64_bit_math():
     w = torch.randn(cfg.buffer_rows, 4, dtype=torch.float64)
     ids = torch.tensor([0, 2_999_999_999, 2**31 + 5, 1_500_000_000, 2_999_999_999])
     offsets = torch.tensor([0, 2, 5])
-    out = hashed_bag(w, ids, offsets, None, 0, cfg.shard_layout())
+    out = hashed_bag(w, ids, offsets, None, 0, shard_layout(cfg))
     torch.testing.assert_close(out, ref.pooled(cfg, w, ids.numpy(), offsets))
 
 
@@ -190,7 +191,7 @@ def test_row_and_column_shards_compose_to_the_full_table(mode):
                                    chunk_size=4, compression=0.1, row_regions=4)
     w = torch.randn(cfg.buffer_rows, 16, dtype=torch.float64)
     ids, offsets, _ = make_batch(1000, 20, 5, seed=7)
-    full = hashed_bag(w, ids, offsets, None, 0, cfg.shard_layout())
+    full = hashed_bag(w, ids, offsets, None, 0, shard_layout(cfg))
     # row-wise over 2 shards: each shard sees only its ids, shifted to local ids
     rows_per_shard, ids_per_shard = 2 * cfg.slots, 2 * cfg.rows_per_region
     total = torch.zeros_like(full)
@@ -200,13 +201,13 @@ def test_row_and_column_shards_compose_to_the_full_table(mode):
         bag_of = torch.repeat_interleave(torch.arange(20), offsets.diff())
         lengths.index_add_(0, bag_of[keep], torch.ones(int(keep.sum()), dtype=torch.long))
         off_k = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
-        layout = cfg.shard_layout(row_offset=k * rows_per_shard)
+        layout = shard_layout(cfg, row_offset=k * rows_per_shard)
         total += hashed_bag(w[k * rows_per_shard:(k + 1) * rows_per_shard].contiguous(),
                             ids[keep] - k * ids_per_shard, off_k, None, 0, layout)
     torch.testing.assert_close(total, full)
     # column-wise: two column shards of 8
     parts = [hashed_bag(w[:, c:c + 8].contiguous(), ids, offsets, None, 0,
-                        cfg.shard_layout(col_offset=c)) for c in (0, 8)]
+                        shard_layout(cfg, col_offset=c)) for c in (0, 8)]
     torch.testing.assert_close(torch.cat(parts, dim=1), full)
 
 
@@ -227,9 +228,9 @@ def test_kernel_rejects_ids_outside_the_shard():
     cfg = HashedEmbeddingBagConfig(name="t", num_embeddings=100, embedding_dim=8, row_regions=2)
     w = torch.randn(cfg.buffer_rows, 8)
     with pytest.raises(RuntimeError, match="ids must lie in"):
-        hashed_bag(w, torch.tensor([0, 100]), torch.tensor([0, 2]), None, 0, cfg.shard_layout())
+        hashed_bag(w, torch.tensor([0, 100]), torch.tensor([0, 2]), None, 0, shard_layout(cfg))
     with pytest.raises(RuntimeError, match="offsets"):
-        hashed_bag(w, torch.tensor([0, 1]), torch.tensor([0, 3]), None, 0, cfg.shard_layout())
+        hashed_bag(w, torch.tensor([0, 1]), torch.tensor([0, 3]), None, 0, shard_layout(cfg))
 
 
 def test_opcheck_schema_fake_and_autograd_registration():
@@ -237,7 +238,7 @@ def test_opcheck_schema_fake_and_autograd_registration():
             HashedEmbeddingBagConfig(name="b", num_embeddings=50, embedding_dim=4, mode="element", seed=1)]
     ws = [torch.randn(c.buffer_rows, c.embedding_dim, requires_grad=True) for c in cfgs]
     ids, offsets, psw = make_batch(50, 6, 4, seed=1)
-    static = ([0, 2, 6], [0, 1], [v for c in cfgs for v in c.shard_layout().args()])
+    static = ([0, 2, 6], [0, 1], [v for c in cfgs for v in shard_layout(c).args()])
     torch.library.opcheck(torch.ops.torchrec_ext.hashed_bags_forward.default,
                           (ws, ids, offsets, psw.float().requires_grad_(), *static))
     gos = [torch.randn(2, 8), torch.randn(4, 4)]
@@ -279,7 +280,7 @@ def test_addressing_at_extreme_divisors_matches_reference(case, keep):
     expect = ref.pooled(cfg, ref_w, ids.numpy(), offsets)
     go = torch.randn_like(expect)
     (expect * go).sum().backward()
-    layout = [cfg.shard_layout()]
+    layout = [shard_layout(cfg)]
     if keep:
         (out,), positions = hashed_bags_keep([w0], ids, offsets, None, [0, 200], [0], layout)
     else:
@@ -308,9 +309,9 @@ def test_fp32_element_mode_matches_reference(threads, dim):
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        out = hashed_bag(w0, ids, offsets, psw, 1, cfg.shard_layout())
+        out = hashed_bag(w0, ids, offsets, psw, 1, shard_layout(cfg))
         w = w0.clone()
-        hashed_bag_sgd_(w, go, ids, offsets, psw, 1, cfg.shard_layout(), 0.5, False)
+        hashed_bag_sgd_(w, go, ids, offsets, psw, 1, shard_layout(cfg), 0.5, False)
     finally:
         torch.set_num_threads(before)
     torch.testing.assert_close(out, expect.detach().float(), rtol=1e-5, atol=1e-5)
@@ -341,7 +342,7 @@ def test_fp32_element_mode_reads_and_updates_each_distinct_id_once(threads):
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cat([b[1] for b in batch]).cumsum(0)])
     psw = (torch.rand(ids.numel(), generator=g) + 0.5).float()
     table_bags = [0, bags[0], sum(bags)]
-    layouts = [c.shard_layout() for c in cfgs]
+    layouts = [shard_layout(c) for c in cfgs]
     ws = [torch.randn(c.buffer_rows, c.embedding_dim) for c in cfgs]
     gos = [torch.randn(B, c.embedding_dim) for B, c in zip(bags, cfgs)]
 

@@ -10,6 +10,7 @@ import hashed_reference as ref
 from batches import DEVICES, make_batch
 from torchrec_ext import HashedEmbeddingBagConfig
 from torchrec_ext.ops import hashed_bag, hashed_bags, hashed_bags_backward, hashed_bags_keep, hashed_bags_sgd_
+from torchrec_ext.modules.hashed import shard_layout
 
 _POS_MASK = (1 << 62) - 1
 
@@ -26,7 +27,7 @@ def _tables():
             HashedEmbeddingBagConfig(name="d", num_embeddings=4000, embedding_dim=32, compression=0.02,
                                      row_regions=4, seed=4, signed=True)]
     shard_d = 2 * cfgs[3].slots  # rows of the first shard of d
-    layouts = [c.shard_layout() for c in cfgs[:3]] + [cfgs[3].shard_layout(row_offset=shard_d)]
+    layouts = [shard_layout(c) for c in cfgs[:3]] + [shard_layout(cfgs[3], row_offset=shard_d)]
     local_rows = [c.num_embeddings for c in cfgs[:3]] + [2 * cfgs[3].rows_per_region]
     ws = [torch.randn(c.buffer_rows, c.embedding_dim, dtype=torch.float64) for c in cfgs]
     ws[3] = ws[3][shard_d:].contiguous()
@@ -91,8 +92,8 @@ def test_a_kept_word_names_the_first_element_of_its_block_and_its_sign():
         w = torch.arange(1, cfg.buffer_rows * D + 1, dtype=torch.float64).view(-1, D)  # 1-based: sign shows
         ids = torch.arange(0, 3000, 3)
         offsets = torch.arange(ids.numel() + 1)
-        read = hashed_bag(w, ids, offsets, None, 0, cfg.shard_layout())[:, ::Z].long()
-        _, positions = hashed_bags_keep([w], ids, offsets, None, [0, ids.numel()], [0], [cfg.shard_layout()])
+        read = hashed_bag(w, ids, offsets, None, 0, shard_layout(cfg))[:, ::Z].long()
+        _, positions = hashed_bags_keep([w], ids, offsets, None, [0, ids.numel()], [0], [shard_layout(cfg)])
         words = positions.view(torch.int64)
         assert torch.equal((words & _POS_MASK) + 1, read.abs())
         assert torch.equal(words < 0, read < 0)  # bit 63
@@ -103,9 +104,9 @@ def test_no_cache_for_element_mode_or_without_a_backward_pass():
     cfg = HashedEmbeddingBagConfig(name="e", num_embeddings=100, embedding_dim=8, mode="element")
     w = torch.randn(cfg.buffer_rows, 8)
     ids, offsets, _ = make_batch(100, 5, 4, seed=2)
-    outs, positions = hashed_bags_keep([w], ids, offsets, None, [0, 5], [0], [cfg.shard_layout()])
+    outs, positions = hashed_bags_keep([w], ids, offsets, None, [0, 5], [0], [shard_layout(cfg)])
     assert positions.numel() == 0
-    torch.testing.assert_close(outs[0], hashed_bags([w], ids, offsets, None, [0, 5], [0], [cfg.shard_layout()])[0])
+    torch.testing.assert_close(outs[0], hashed_bags([w], ids, offsets, None, [0, 5], [0], [shard_layout(cfg)])[0])
 
 
 def test_a_cache_that_is_not_the_calls_raises():
@@ -135,7 +136,7 @@ def test_opcheck_keep_and_backward_with_positions():
             HashedEmbeddingBagConfig(name="b", num_embeddings=50, embedding_dim=4, mode="element", seed=1)]
     ws = [torch.randn(c.buffer_rows, c.embedding_dim) for c in cfgs]
     ids, offsets, psw = make_batch(50, 6, 4, seed=1)
-    static = ([0, 2, 6], [0, 1], [v for c in cfgs for v in c.shard_layout().args()])
+    static = ([0, 2, 6], [0, 1], [v for c in cfgs for v in shard_layout(c).args()])
     torch.library.opcheck(torch.ops.torchrec_ext.hashed_bags_forward_keep.default,
                           (ws, ids, offsets, psw.float(), *static))
     _, positions = torch.ops.torchrec_ext.hashed_bags_forward_keep(ws, ids, offsets, psw.float(), *static)
@@ -153,9 +154,9 @@ def test_cuda_keeps_nothing_and_refuses_a_full_cache():
     w = torch.randn(cfg.buffer_rows, 8, device="cuda")
     ids, offsets, _ = make_batch(100, 5, 4, seed=3)
     ids, offsets = ids.cuda(), offsets.cuda()
-    _, positions = hashed_bags_keep([w], ids, offsets, None, [0, 5], [0], [cfg.shard_layout()])
+    _, positions = hashed_bags_keep([w], ids, offsets, None, [0, 5], [0], [shard_layout(cfg)])
     assert positions.numel() == 0
     full = torch.zeros(ids.numel(), 2, dtype=torch.int64, device="cuda")
     with pytest.raises(RuntimeError, match="the CUDA kernels keep no positions"):
         hashed_bags_sgd_([w], [torch.randn(5, 8, device="cuda")], ids, offsets, None, [0, 5], [0],
-                         [cfg.shard_layout()], 0.1, False, full)
+                         [shard_layout(cfg)], 0.1, False, full)

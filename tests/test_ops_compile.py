@@ -8,19 +8,21 @@ from torchrec.distributed.types import ShardingType
 from batches import make_batch
 from torchrec_ext import HashedEmbeddingBagConfig, QREmbeddingBagConfig
 from torchrec_ext.ops import dynamic_bag, hashed_bag, qr_bag
+from torchrec_ext.modules.hashed import shard_layout
+from torchrec_ext.modules.table_kind import table_kind
 
 
 def _qr():
     cfg = QREmbeddingBagConfig(name="q", num_embeddings=500, embedding_dim=8, num_collisions=20)
-    view = cfg.parameter_shape()
-    pieces = cfg.state_pieces(ShardingType.TABLE_WISE.value, (0, 0), view)
-    layout = cfg.make_shard_state(pieces, (0, 0), view)
+    view = table_kind(cfg).parameter_shape(cfg)
+    pieces = table_kind(cfg).state_pieces(cfg, ShardingType.TABLE_WISE.value, (0, 0), view)
+    layout = table_kind(cfg).make_shard_state(cfg, pieces, (0, 0), view)
     return [torch.randn(pc.sizes) for pc in pieces], lambda ws, i, o, p: qr_bag(ws, i, o, p, 0, layout)
 
 
 def _hashed():
     cfg = HashedEmbeddingBagConfig(name="h", num_embeddings=500, embedding_dim=8, row_regions=2)
-    layout = cfg.shard_layout()
+    layout = shard_layout(cfg)
     return [torch.randn(cfg.buffer_rows, 8)], lambda ws, i, o, p: hashed_bag(ws[0], i, o, p, 0, layout)
 
 

@@ -8,6 +8,7 @@ from batches import DEVICES, assert_kernel_matches_reference, make_batch
 from torchrec_ext import QREmbeddingBagConfig
 from torchrec.distributed.types import ShardingType
 from torchrec_ext.ops import qr_bag, qr_bag_backward, qr_bags, qr_bags_backward
+from torchrec_ext.modules.table_kind import table_kind
 
 PARTITIONS = [
     dict(partition="qr", num_collisions=37),
@@ -34,9 +35,9 @@ def make_config(part, op, **kw):
 
 
 def full_layout(cfg):
-    view = cfg.parameter_shape()
-    pieces = cfg.state_pieces(ShardingType.TABLE_WISE.value, (0, 0), view)
-    return pieces, cfg.make_shard_state(pieces, (0, 0), view)
+    view = table_kind(cfg).parameter_shape(cfg)
+    pieces = table_kind(cfg).state_pieces(cfg, ShardingType.TABLE_WISE.value, (0, 0), view)
+    return pieces, table_kind(cfg).make_shard_state(cfg, pieces, (0, 0), view)
 
 
 def batch_with_repeats(n, seed):
@@ -90,25 +91,25 @@ def test_row_and_column_shards_compute_their_part_of_the_table(op):
     cfg = make_config(dict(partition="generalized_qr", factors=[7, 5, 31]), op)
     pieces, layout = full_layout(cfg)
     ws = [torch.randn(pc.sizes, dtype=torch.float64) for pc in pieces]
-    rows_s, _ = cfg.parameter_shape()
+    rows_s, _ = table_kind(cfg).parameter_shape(cfg)
     # row-wise: block 2 of 4 of the view's rows; ids are shard-local
     block = -(-rows_s // 4)
     lo_row = 2 * block
-    id_block = cfg.rw_id_space(block, 4) // 4
+    id_block = table_kind(cfg).rw_id_space(cfg, block, 4) // 4
     ids = torch.arange(lo_row * 35, min(N, (lo_row + block) * 35))
     offsets = torch.arange(0, ids.numel() + 1, 3).clamp(max=ids.numel())
     offsets[-1] = ids.numel()
     expect = ref.pooled(cfg, ws, ids, offsets, None, mean=False)
-    rw = cfg.state_pieces(ShardingType.ROW_WISE.value, (lo_row, 0), (block, D))
+    rw = table_kind(cfg).state_pieces(cfg, ShardingType.ROW_WISE.value, (lo_row, 0), (block, D))
     assert [pc.replicated for pc in rw] == [True, True, False]
     rw_ws = [w[pc.offsets[0]:pc.offsets[0] + pc.sizes[0]] for w, pc in zip(ws, rw)]
-    got = qr_bag(rw_ws, ids - 2 * id_block, offsets, None, 0, cfg.make_shard_state(rw, (lo_row, 0), (block, D)))
+    got = qr_bag(rw_ws, ids - 2 * id_block, offsets, None, 0, table_kind(cfg).make_shard_state(cfg, rw, (lo_row, 0), (block, D)))
     torch.testing.assert_close(got, expect)
     # column-wise: output columns [5, 12)
-    cw = cfg.state_pieces(ShardingType.COLUMN_WISE.value, (0, 5), (rows_s, D - 5))
+    cw = table_kind(cfg).state_pieces(cfg, ShardingType.COLUMN_WISE.value, (0, 5), (rows_s, D - 5))
     by_name = {pc.name: w for pc, w in zip(pieces, ws)}
     cw_ws = [by_name[pc.name][:, pc.offsets[1]:pc.offsets[1] + pc.sizes[1]] for pc in cw]
-    got = qr_bag(cw_ws, ids, offsets, None, 0, cfg.make_shard_state(cw, (0, 5), (rows_s, D - 5)))
+    got = qr_bag(cw_ws, ids, offsets, None, 0, table_kind(cfg).make_shard_state(cfg, cw, (0, 5), (rows_s, D - 5)))
     torch.testing.assert_close(got, expect[:, 5:])
 
 
@@ -126,10 +127,10 @@ def test_one_batched_call_equals_the_reference_table_by_table(device, path, monk
     poolings, bags = [0, 1, 1, 0, 0], [9, 7, 8, 0, 6]
     shards = [full_layout(c) for c in cfgs[:4]]
     # the last table: row-wise block 1 of 2 (quotient rows [r0, r0 + block)), shard-local ids
-    rows_s = cfgs[4].parameter_shape()[0]
+    rows_s = table_kind(cfgs[4]).parameter_shape(cfgs[4])[0]
     block = -(-rows_s // 2)
-    rw = cfgs[4].state_pieces(ShardingType.ROW_WISE.value, (block, 0), (rows_s - block, D))
-    shards.append((rw, cfgs[4].make_shard_state(rw, (block, 0), (rows_s - block, D))))
+    rw = table_kind(cfgs[4]).state_pieces(cfgs[4], ShardingType.ROW_WISE.value, (block, 0), (rows_s - block, D))
+    shards.append((rw, table_kind(cfgs[4]).make_shard_state(cfgs[4], rw, (block, 0), (rows_s - block, D))))
     full_ws = [[torch.randn(pc.sizes, dtype=torch.float64) for pc in full_layout(c)[0]] for c in cfgs]
     ws = [[w[pc.offsets[0]:pc.offsets[0] + pc.sizes[0]] for w, pc in zip(fw, pieces)]
           for fw, (pieces, _) in zip(full_ws, shards)]
@@ -189,7 +190,7 @@ def test_kernel_rejects_ids_outside_the_shard():
     cfg = make_config(PARTITIONS[0], OPERATIONS[0])
     pieces, layout = full_layout(cfg)
     ws = [torch.randn(pc.sizes) for pc in pieces]
-    for bad in (-1, cfg.parameter_shape()[0] * cfg.num_collisions):
+    for bad in (-1, table_kind(cfg).parameter_shape(cfg)[0] * cfg.num_collisions):
         with pytest.raises(RuntimeError, match="outside this shard"):
             qr_bag(ws, torch.tensor([0, bad]), torch.tensor([0, 2]), None, 0, layout)
 

@@ -4,15 +4,23 @@ The collections are imported lazily, so `torchrec_ext.ops` (the native ops alone
 on machines that have torch but not torchrec/fbgemm (e.g. the GPU check).
 """
 
+__version__ = "0.2.0"
+
 _EXPORTS = {
-    "HashedEmbeddingBagConfig": "torchrec_ext.modules.hashed_embedding_bag",
-    "HashedEmbeddingBagCollection": "torchrec_ext.modules.hashed_embedding_bag",
-    "QREmbeddingBagConfig": "torchrec_ext.modules.qr_embedding_bag",
-    "QREmbeddingBagCollection": "torchrec_ext.modules.qr_embedding_bag",
-    "DynamicEmbeddingBagConfig": "torchrec_ext.modules.dynamic_embedding_bag",
-    "DynamicEmbeddingBagCollection": "torchrec_ext.modules.dynamic_embedding_bag",
-    "HashTable": "torchrec_ext.modules.hash_table",
-    "TableFullError": "torchrec_ext.modules.hash_table",
+    "HashedEmbeddingBagConfig": "torchrec_ext.modules.hashed",
+    "HashedEmbeddingBagCollection": "torchrec_ext.modules.hashed",
+    "QREmbeddingBagConfig": "torchrec_ext.modules.qr",
+    "QREmbeddingBagCollection": "torchrec_ext.modules.qr",
+    "DynamicEmbeddingBagConfig": "torchrec_ext.modules.dynamic",
+    "DynamicEmbeddingBagCollection": "torchrec_ext.modules.dynamic",
+    "HashTable": "torchrec_ext.modules.dynamic",
+    "TableFullError": "torchrec_ext.modules.dynamic",
+    "ExtEmbeddingBagCollection": "torchrec_ext.modules.collection_base",
+    "TableKind": "torchrec_ext.modules.table_kind",
+    "FixedStateKind": "torchrec_ext.modules.table_kind",
+    "StatePiece": "torchrec_ext.modules.table_kind",
+    "register_table_kind": "torchrec_ext.modules.table_kind",
+    "table_kind": "torchrec_ext.modules.table_kind",
 }
 
 __all__ = list(_EXPORTS)

@@ -1,7 +1,7 @@
 """What every torchrec_ext collection shares: TorchRec's EBC contract around per-table lookups.
 
-Each table's config says what state it holds and how it pools (the table-kind protocol,
-`table_kind.py`); this base creates that state as parameters, validates the
+Each table's kind (`table_kind.py`, registered for its config type) says what state the
+table holds and how it pools; this base creates that state as parameters, validates the
 KeyedJaggedTensor, routes each table's features to it, and assembles the KeyedTensor in
 exactly the key order `torchrec.EmbeddingBagCollection` uses.
 """
@@ -19,6 +19,8 @@ from torchrec.modules.embedding_modules import (
     get_embedding_names_by_table,
 )
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+
+from torchrec_ext.modules.table_kind import FixedStateKind, TableKind, table_kind
 
 POOLING_CODES = {PoolingType.SUM: 0, PoolingType.MEAN: 1}
 
@@ -77,12 +79,22 @@ def bags_to_batch_major(pooled: torch.Tensor, num_features: int, batch: int) -> 
 
 
 class ExtEmbeddingBagCollection(EmbeddingBagCollectionInterface):
-    """Base of the drop-in collections: (tables, is_weighted=False, device=None).
+    """Drop-in `torchrec.EmbeddingBagCollection` over tables of any registered fixed-state
+    kind (`FixedStateKind`): the base of the hashed and QR collections, and the collection
+    a user's own kind works with unchanged (tables of several kinds may share it).
+
+    Args:
+        tables: configs whose types have a registered kind.
+        is_weighted: the input KJT carries per-sample weights (SUM pooling only).
+        device: where the state lives ("meta" to plan and shard first).
+
+    Returns (forward): a `KeyedTensor` with one pooled [batch, dim] per feature.
 
     `embedding_bags[<table>].<state name>` holds each of a table's state tensors whole.
     """
 
     config_type: type = EmbeddingBagConfig
+    kind_type: type = FixedStateKind  # the kinds this collection's tables must have
 
     def __init__(
         self,
@@ -95,6 +107,10 @@ class ExtEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         for t in tables:
             if not isinstance(t, self.config_type):
                 raise TypeError(f"{type(self).__name__}: table '{t.name}' needs a {self.config_type.__name__}")
+            if not isinstance(table_kind(t), self.kind_type):
+                raise TypeError(f"{type(self).__name__}: table '{t.name}' is of kind {type(table_kind(t)).__name__}, "
+                                f"not a {self.kind_type.__name__}")
+        self._kinds: List[TableKind] = [table_kind(t) for t in tables]
         self._embedding_bag_configs: List[EmbeddingBagConfig] = list(tables)
         self._is_weighted = is_weighted
         self._device = torch.device(device) if device is not None else torch.device("cpu")
@@ -127,29 +143,30 @@ class ExtEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         """The unsharded table is one shard holding every piece of its state."""
         self._pieces = []
         self._layouts = []
-        for t in self._embedding_bag_configs:
-            full = t.parameter_shape()
-            pieces = t.state_pieces(ShardingType.TABLE_WISE.value, (0, 0), full)
+        for t, kind in zip(self._embedding_bag_configs, self._kinds):
+            full = kind.parameter_shape(t)
+            pieces = kind.state_pieces(t, ShardingType.TABLE_WISE.value, (0, 0), full)
             holder = nn.Module()
             for pc in pieces:
-                holder.register_parameter(pc.name, nn.Parameter(torch.empty(pc.sizes, device=self._device)))
+                dtype = kind.parameter_dtype(t)
+                holder.register_parameter(pc.name, nn.Parameter(torch.empty(pc.sizes, dtype=dtype, device=self._device)))
             self.embedding_bags[t.name] = holder
             self._pieces.append(pieces)
-            self._layouts.append(t.make_shard_state(pieces, (0, 0), full))
+            self._layouts.append(kind.make_shard_state(t, pieces, (0, 0), full))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for t, pieces in zip(self._embedding_bag_configs, self._pieces):
-            for pc in pieces:
-                t.init_piece_(getattr(self.embedding_bags[t.name], pc.name).data, pc)
+        for i, (t, kind) in enumerate(zip(self._embedding_bag_configs, self._kinds)):
+            for w, pc in zip(self._weights_of(i), self._pieces[i]):
+                kind.init_piece_(t, w.data, pc)
 
     def table_weights(self, name: str) -> List[nn.Parameter]:
         """A table's state tensors, in the order its kernels take them."""
         return self._weights_of([t.name for t in self._embedding_bag_configs].index(name))
 
     def _weights_of(self, index: int) -> List[nn.Parameter]:
-        holder = self.embedding_bags[self._embedding_bag_configs[index].name]
-        return [getattr(holder, pc.name) for pc in self._pieces[index]]
+        params = self.embedding_bags[self._embedding_bag_configs[index].name]._parameters
+        return [params[pc.name] for pc in self._pieces[index]]
 
     # --- EmbeddingBagCollectionInterface ---
     def embedding_bag_configs(self) -> List[EmbeddingBagConfig]:
@@ -185,9 +202,10 @@ class ExtEmbeddingBagCollection(EmbeddingBagCollectionInterface):
 
     def _pool_table(self, index: int, values: torch.Tensor, offsets: torch.Tensor,
                     weights: Optional[torch.Tensor]) -> torch.Tensor:
-        config = self._embedding_bag_configs[index]
-        check_ids(config.name, values, *config.id_bounds())
-        return config.pool_shard(
+        config, kind = self._embedding_bag_configs[index], self._kinds[index]
+        check_ids(config.name, values, *kind.id_bounds(config))
+        return kind.pool(
+            config,
             self._layouts[index],
             self._weights_of(index),
             values.long(),

@@ -12,7 +12,7 @@ values and state, and writes both back:
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Iterable, Mapping, Optional
 
 import torch
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
@@ -47,6 +47,14 @@ def row_optimizer_kind(fused_params: Optional[Mapping[str, Any]], where: str) ->
     return optimizer_kind_of(fused_params, where, KINDS, " for dynamic tables")
 
 
+def supported_optimizer_kind(fused_params: Optional[Mapping[str, Any]], where: str,
+                             allowed: Iterable[str]) -> str:
+    """The kind of `fused_params["optimizer"]`, if it is one of `allowed` (a table kind's
+    `optimizers`); else a ValueError naming `where` and the supported optimizers."""
+    allowed = set(allowed)
+    return optimizer_kind_of(fused_params, where, {o: k for o, k in KINDS.items() if k in allowed})
+
+
 def state_widths(kind: str, dim: int) -> Dict[str, int]:
     """Per-row state tensors of an optimizer: name -> columns. "per_row" ones are not
     split by column-wise plans (each column shard keeps its own, as FBGEMM does)."""
@@ -55,6 +63,17 @@ def state_widths(kind: str, dim: int) -> Dict[str, int]:
 
 
 PER_ROW_STATES = ("momentum1", "step")
+
+
+def dense_state_bytes(kind: str, rows: int, cols: int, elem_size: int) -> int:
+    """Bytes of a fused optimizer's state for a [rows, cols] tensor of fixed shape."""
+    if kind == SGD:
+        return 0
+    if kind == ADAGRAD:
+        return rows * cols * elem_size
+    if kind == ROWWISE_ADAGRAD:
+        return rows * 4
+    raise ValueError(f"optimizer {kind!r} keeps no dense state for fixed-size tables")
 
 
 def hyper_parameters(fused_params: Optional[Mapping[str, Any]]) -> Dict[str, float]:

@@ -1,85 +1,152 @@
-"""Builds (once, cached) and loads the native library that registers torchrec_ext's ops.
+"""Loads the native library that registers torchrec_ext's ops.
 
-The C++ sources always build; the CUDA sources are added when this torch has CUDA and
-a CUDA toolkit is present. Ninja rebuilds only what changed, so importing is cheap
-after the first build. Set TORCHREC_EXT_BUILD_DIR to move the cache.
+`pip install` (setup.py) builds the CPU ops once per ISA level into
+`torchrec_ext/_C_{default,avx2,avx512}` and, with CUDA, `torchrec_ext/_C_cuda`; this
+module loads the CPU library that torch's own capability check picks for this CPU
+(`torch.backends.cpu.get_cpu_capability()`, which honours ATEN_CPU_CAPABILITY) and the
+CUDA one when present. Nothing compiles at import.
+
+For development, TORCHREC_EXT_JIT=1 builds the sources with `cpp_extension.load`
+instead (cached under torchrec_ext/_build), which is how one iterates on a kernel
+without rerunning setup.py.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
+import json
+import logging
 import os
 import threading
+import warnings
+from importlib.machinery import EXTENSION_SUFFIXES
 
 import torch
 
-_CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
+logger = logging.getLogger(__name__)
+
+_PKG = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_CSRC = os.path.join(_PKG, "csrc")
 _lock = threading.Lock()
-_loaded = False
+_loaded: str | None = None
+
+# Best first: the libraries a CPU of each capability can run.
+_RUNNABLE = {"AVX512": ["avx512", "avx2", "default"], "AVX2": ["avx2", "default"]}
 
 
-def _with_cuda() -> bool:
-    from torch.utils.cpp_extension import CUDA_HOME
-
-    return torch.version.cuda is not None and CUDA_HOME is not None
+class NativeBuildError(RuntimeError):
+    """The compiled ops are missing or were built for another torch."""
 
 
-def _cpu_tag() -> str:
-    """The build uses -march=native, so a cached build belongs to one kind of CPU."""
-    import hashlib
-    import platform
+def _library(name: str) -> str | None:
+    for suffix in EXTENSION_SUFFIXES:
+        path = os.path.join(_PKG, f"_C_{name}{suffix}")
+        if os.path.exists(path):
+            return path
+    return None
 
-    flags = ""
+
+def cpu_isa() -> str:
+    """The CPU library this process loads (or would load): default, avx2 or avx512."""
+    for name in _RUNNABLE.get(torch.backends.cpu.get_cpu_capability(), ["default"]):
+        if _library(name) is not None:
+            return name
+    return "default"
+
+
+def _manifest() -> dict:
     try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
+        with open(os.path.join(_PKG, "_native_build.json")) as f:
+            return json.load(f)
     except OSError:
-        pass
-    return hashlib.sha1((platform.machine() + flags).encode()).hexdigest()[:8]
+        return {}
 
 
-def _march() -> str:
-    """The CPU the build targets: this one, or TORCHREC_EXT_MARCH (e.g. x86-64-v3, to
-    build and test the code paths of CPUs without AVX-512)."""
-    return os.environ.get("TORCHREC_EXT_MARCH", "native")
+def _source_hash() -> str | None:
+    """The hash setup.py records, recomputed; None where the sources are not shipped."""
+    if not os.path.isdir(_CSRC):
+        return None
+    root = os.path.dirname(_PKG)
+    paths = [os.path.join(_CSRC, "ops.cpp")]
+    for pattern in ("*.h", "cpu/*.cpp", "cpu/*.h", "cuda/*.cu", "cuda/*.cuh"):
+        paths += glob.glob(os.path.join(_CSRC, pattern))
+    h = hashlib.sha256()
+    for path in sorted(os.path.relpath(p, root) for p in paths):
+        h.update(path.encode())
+        with open(os.path.join(root, path), "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()
 
 
-def build_dir() -> str:
-    default = os.path.join(os.path.dirname(_CSRC), "_build")
-    flavour = "cuda" if _with_cuda() else "cpu"
-    tag = f"{flavour}-torch{torch.__version__.replace('+', '_')}-{_cpu_tag()}"
-    if _march() != "native":
-        tag += f"-{_march()}"
-    path = os.path.join(os.environ.get("TORCHREC_EXT_BUILD_DIR", default), tag)
-    os.makedirs(path, exist_ok=True)
-    return path
-
-
-def sources() -> list[str]:
-    srcs = [os.path.join(_CSRC, "ops.cpp")] + sorted(glob.glob(os.path.join(_CSRC, "cpu", "*.cpp")))
-    if _with_cuda():
-        srcs += sorted(glob.glob(os.path.join(_CSRC, "cuda", "*.cu")))
-    return srcs
-
-
-def load() -> None:
-    """Registers the torchrec_ext ops with torch (idempotent, thread-safe)."""
-    global _loaded
-    if _loaded:
-        return
-    with _lock:
-        if _loaded:
-            return
-        from torch.utils.cpp_extension import load as load_ext
-
-        load_ext(
-            name="torchrec_ext_C",
-            sources=sources(),
-            build_directory=build_dir(),
-            extra_cflags=["-O3", f"-march={_march()}", "-fopenmp", "-std=c++20"],
-            extra_ldflags=["-fopenmp"],
-            extra_cuda_cflags=["-O3", "-std=c++20"],
-            is_python_module=False,
-            verbose=os.environ.get("TORCHREC_EXT_VERBOSE_BUILD") == "1",
+def _check_manifest(manifest: dict) -> None:
+    built = manifest.get("torch", "")
+    if built.split(".")[:2] != torch.__version__.split(".")[:2]:
+        raise NativeBuildError(
+            f"torchrec_ext's ops were built against torch {built or '(unknown)'}, but torch "
+            f"{torch.__version__} is installed: reinstall torchrec_ext for this torch "
+            "(pip install --no-build-isolation .)."
         )
-        _loaded = True
+    current = _source_hash()
+    if current is not None and manifest.get("source_hash") != current:
+        warnings.warn(
+            "torchrec_ext's native sources changed since they were built; the ops loaded are "
+            "the old ones. Rebuild with scripts/build_native.sh (or set TORCHREC_EXT_JIT=1).",
+            stacklevel=3,
+        )
+
+
+def _load_prebuilt() -> str:
+    name = cpu_isa()
+    path = _library(name)
+    if path is None:
+        raise NativeBuildError(
+            "torchrec_ext's native ops are not built. Install the package "
+            "(pip install --no-build-isolation .), or in a checkout run scripts/build_native.sh "
+            "(or set TORCHREC_EXT_JIT=1 to compile them at import)."
+        )
+    _check_manifest(_manifest())
+    torch.ops.load_library(path)
+    cuda = _library("cuda")
+    if cuda is not None and torch.version.cuda is not None:
+        torch.ops.load_library(cuda)
+    logger.debug("loaded %s%s", path, f" and {cuda}" if cuda else "")
+    return name
+
+
+def _load_jit() -> str:
+    from torch.utils.cpp_extension import CUDA_HOME
+    from torch.utils.cpp_extension import load as load_ext
+
+    with_cuda = torch.version.cuda is not None and CUDA_HOME is not None
+    srcs = [os.path.join(_CSRC, "ops.cpp")] + sorted(glob.glob(os.path.join(_CSRC, "cpu", "*.cpp")))
+    if with_cuda:
+        srcs += sorted(glob.glob(os.path.join(_CSRC, "cuda", "*.cu")))
+    tag = f"{'cuda' if with_cuda else 'cpu'}-torch{torch.__version__.replace('+', '_')}-native"
+    build = os.path.join(_PKG, "_build", tag)
+    os.makedirs(build, exist_ok=True)
+    load_ext(
+        name="torchrec_ext_C",
+        sources=srcs,
+        build_directory=build,
+        extra_cflags=["-O3", "-march=native", "-fopenmp", "-std=c++20"],
+        extra_ldflags=["-fopenmp"],
+        extra_cuda_cflags=["-O3", "-std=c++20"],
+        is_python_module=False,
+    )
+    return "native"
+
+
+def load() -> str:
+    """Registers the torchrec_ext ops with torch (idempotent, thread-safe).
+
+    Returns:
+        The CPU library loaded: "default", "avx2", "avx512", or "native" (JIT build).
+    """
+    global _loaded
+    if _loaded is not None:
+        return _loaded
+    with _lock:
+        if _loaded is None:
+            _loaded = _load_jit() if os.environ.get("TORCHREC_EXT_JIT") == "1" else _load_prebuilt()
+    return _loaded

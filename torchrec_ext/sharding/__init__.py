@@ -1,7 +1,11 @@
 """Sharders, sharding strategies and planner pieces for torchrec_ext collections."""
 
-from torchrec_ext.sharding.planner import make_planner, planned_bytes  # noqa: F401
-from torchrec_ext.sharding.sharders import (  # noqa: F401
+from torchrec_ext.sharding import dynamic  # noqa: F401  (registers the dynamic tables' shard form)
+from torchrec_ext.sharding.dynamic.sharded import ShardedDynamicEmbeddingBagCollection
+from torchrec_ext.sharding.planner import make_planner, planned_bytes
+from torchrec_ext.sharding.sharded_collection import ShardedExtEmbeddingBagCollection
+from torchrec_ext.sharding.shard_forms import ShardForm, register_shard_form
+from torchrec_ext.sharding.sharders import (
     DynamicEmbeddingBagCollectionSharder,
     ExtEmbeddingBagCollectionSharder,
     HashedEmbeddingBagCollectionSharder,
@@ -14,7 +18,13 @@ __all__ = [
     "get_sharders",
     "make_planner",
     "planned_bytes",
+    "ExtEmbeddingBagCollectionSharder",
     "HashedEmbeddingBagCollectionSharder",
     "QREmbeddingBagCollectionSharder",
     "DynamicEmbeddingBagCollectionSharder",
+    "RowWiseCpuEmbeddingBagCollectionSharder",
+    "ShardedExtEmbeddingBagCollection",
+    "ShardedDynamicEmbeddingBagCollection",
+    "ShardForm",
+    "register_shard_form",
 ]

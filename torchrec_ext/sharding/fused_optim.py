@@ -10,7 +10,7 @@ Duplicate ids are summed before the update (FBGEMM's EXACT_* behaviour).
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 import torch
 from torchrec.optim.fused import FusedOptimizer
@@ -23,6 +23,7 @@ from torchrec_ext.modules.row_optim import (
     ROWWISE_ADAGRAD,
     SGD,
     optimizer_kind_of,
+    supported_optimizer_kind,
 )
 
 # Fixed-size tables keep dense optimizer state: every kind but Adam (per-row steps).
@@ -43,8 +44,9 @@ class ExtFusedOptimizer(FusedOptimizer):
     state tensors are created next to each shard and keyed the FBGEMM way.
     """
 
-    def __init__(self, params: Dict[str, torch.Tensor], fused_params: Mapping[str, Any], where: str):
-        self._kind = optimizer_kind(fused_params, where)
+    def __init__(self, params: Dict[str, torch.Tensor], fused_params: Mapping[str, Any], where: str,
+                 allowed: Iterable[str] = frozenset(_KINDS.values())):
+        self._kind = supported_optimizer_kind(fused_params, where, set(allowed) & set(_KINDS.values()))
         self._eps = float(fused_params.get("eps", DEFAULT_EPS))
         lr = float(fused_params.get("learning_rate", DEFAULT_LR))
         state: Dict[Any, Any] = {}

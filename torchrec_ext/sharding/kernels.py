@@ -2,97 +2,29 @@
 
 TorchRec's `GroupedPooledEmbeddingsLookup` builds one kernel per group of tables; for
 tables of this project it builds an `ExtPooledEmbeddingKernel`. A kernel holds the local
-shards of its tables, pools their bags with the table's native op and, for model-parallel
-shardings, updates the shards in the backward pass with a fused optimizer.
+shards of its tables (built by their kind's shard form, see shard_forms.py), pools their
+bags in batched native calls and, for model-parallel shardings, updates the shards in the
+backward pass with a fused optimizer.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
 from torch.distributed._shard.metadata import ShardMetadata
-from torchrec.distributed.embedding_types import GroupedEmbeddingConfig, ShardedEmbeddingTable
+from torchrec.distributed.embedding_types import GroupedEmbeddingConfig
 from torchrec.distributed.types import ShardingType
 from torchrec.modules.embedding_configs import PoolingType
-from torchrec.optim.fused import FusedOptimizerModule
+from torchrec.optim.fused import FusedOptimizer, FusedOptimizerModule
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_ext.modules.collection_base import bags_to_batch_major
-from torchrec_ext.modules.table_kind import StatePiece
-from torchrec_ext.sharding.fused_optim import ExtFusedOptimizer
-from torchrec_ext.sharding.table_batch import batch_shards
-
-# Key under which a table's torchrec_ext config rides in its per-table fused_params.
-TABLE_KEY = "_torchrec_ext_table"
-
-
-def ext_table_config(table: ShardedEmbeddingTable):
-    """The torchrec_ext config of a table, or None for TorchRec's own tables."""
-    ref = (table.fused_params or {}).get(TABLE_KEY)
-    return None if ref is None else ref.config
-
-
-def _offsets(meta: Optional[ShardMetadata]) -> Tuple[int, int]:
-    return (0, 0) if meta is None else (int(meta.shard_offsets[0]), int(meta.shard_offsets[1]))
-
-
-class LocalShard(nn.Module):
-    """One local shard of one table: its state pieces, where they sit, how they pool."""
-
-    def __init__(self, table: ShardedEmbeddingTable, pooling: int, device: torch.device,
-                 sharding_type: Optional[ShardingType]):
-        super().__init__()
-        self.config = ext_table_config(table)
-        self.table_name = table.name
-        self.metadata: Optional[ShardMetadata] = table.local_metadata
-        offsets = _offsets(table.local_metadata)
-        sizes = (table.local_rows, table.local_cols)
-        st = sharding_type.value if sharding_type is not None else ShardingType.DATA_PARALLEL.value
-        self.pieces: List[StatePiece] = self.config.state_pieces(st, offsets, sizes)
-        self.num_features = table.num_features()
-        self.pooling = pooling
-        self.replica_sync = None  # set by the sharded collection for replicated pieces
-        self.weights = nn.ParameterList(
-            nn.Parameter(torch.empty(pc.sizes, device=device)) for pc in self.pieces
-        )
-        self.optimizer: Optional[ExtFusedOptimizer] = None
-        self.state = self.config.make_shard_state(self.pieces, offsets, sizes)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        for w, pc in zip(self.weights, self.pieces):
-            if w.numel():
-                self.config.init_piece_(w.data, pc)
-
-    def piece_metadata(self, piece: StatePiece) -> Optional[ShardMetadata]:
-        """Where a piece sits in its state tensor; None if every rank holds it whole."""
-        if self.metadata is None or piece.replicated:
-            return None
-        return ShardMetadata(shard_offsets=list(piece.offsets), shard_sizes=list(piece.sizes),
-                             placement=self.metadata.placement)
-
-    def apply_optimizer(self, grads) -> None:
-        for i, (w, pc, (rows, grad)) in enumerate(zip(self.weights, self.pieces, grads)):
-            if pc.replicated and self.replica_sync is not None:
-                # Every rank holds this piece: its update waits for the ranks' summed gradient.
-                self.replica_sync.add(self.replica_key(i), rows, grad, w)
-            else:
-                self.optimizer.apply(w, grad, rows)
-
-    def replica_key(self, index: int) -> str:
-        return f"{self.table_name}.{self.pieces[index].name}"
-
-
-def _local_shard(table: ShardedEmbeddingTable, pooling: int, device: torch.device,
-                 sharding_type: Optional[ShardingType]) -> nn.Module:
-    config = ext_table_config(table)
-    if getattr(config, "dynamic", False):
-        from torchrec_ext.sharding.dynamic_shard import DynamicLocalShard
-
-        return DynamicLocalShard(table, config, pooling, device, sharding_type)
-    return LocalShard(table, pooling, device, sharding_type)
+from torchrec_ext.modules.table_kind import table_kind
+from torchrec_ext.sharding import table_batch  # noqa: F401  (registers the fixed-state form)
+from torchrec_ext.sharding.shard_forms import batch_shards, shard_form
+from torchrec_ext.sharding.table_ref import ext_table_config, table_batching, without_ext_keys
 
 
 class ExtPooledEmbeddingKernel(nn.Module):
@@ -113,15 +45,18 @@ class ExtPooledEmbeddingKernel(nn.Module):
         super().__init__()
         self._config = config
         device = device or torch.device("cpu")
+        tables = config.embedding_tables
+        configs = [ext_table_config(t) for t in tables]
+        self._form = shard_form(table_kind(configs[0]))
         # TorchRec applies MEAN after the reduce-scatter for row-wise shards.
         sum_only = sharding_type in (ShardingType.ROW_WISE, ShardingType.TABLE_ROW_WISE)
         self.shards = nn.ModuleList(
-            _local_shard(t, 0 if (sum_only or t.pooling == PoolingType.SUM) else 1, device, sharding_type)
-            for t in config.embedding_tables
+            self._form.local_shard(t, cfg, 0 if (sum_only or t.pooling == PoolingType.SUM) else 1, device,
+                                   sharding_type)
+            for t, cfg in zip(tables, configs)
         )
-        # Runs of shards of one kind pool in one batched call each (see table_batch.py and
-        # dynamic_batch.py); every shard kind batches.
-        self._segments = batch_shards(self.shards)  # a plain list: self.shards owns the modules
+        # Runs of shards of one batch key pool in one batched call each.
+        self._segments = batch_shards(self.shards, self._form, table_batching(tables[0].fused_params))
         self._segment_splits = [s.num_features for s in self._segments]
 
     @property
@@ -164,33 +99,10 @@ class ExtFusedPooledEmbeddingKernel(ExtPooledEmbeddingKernel, FusedOptimizerModu
 
     def __init__(self, config, device, sharding_type) -> None:
         super().__init__(config, device, sharding_type)
-        fused_params = dict(config.embedding_tables[0].fused_params or {})
+        fused_params = without_ext_keys(config.embedding_tables[0].fused_params)
         where = f"table '{config.embedding_tables[0].name}'"
-        dynamic = [s for s in self.shards if not isinstance(s, LocalShard)]
-        if dynamic:
-            from torchrec_ext.sharding.dynamic_optim import DynamicFusedUpdate
-
-            for s in dynamic:
-                s.optim_key = f"{s.table_name}.rows"
-                while any(o is not s and o.optim_key == s.optim_key for o in dynamic):
-                    s.optim_key += "_cw"  # several column shards of one table on this rank
-            self._optim = DynamicFusedUpdate({s.optim_key: s.rows for s in dynamic}, fused_params, where,
-                                             reduce_by={s.optim_key: s.config.grad_reduce_by for s in dynamic})
-            for s in dynamic:
-                s.optimizer = self._optim
-            return
-        params: Dict[str, torch.Tensor] = {}
-        for table, name, weight, _ in self.local_shards():
-            key = f"{table}.{name}"
-            while key in params:  # several column shards of one table on this rank
-                key += "_cw"
-            params[key] = weight
-        self._optim = ExtFusedOptimizer(params, fused_params, where)
-        for s in self.shards:
-            s.optimizer = self._optim
-            for w in s.weights:
-                w._in_backward_optimizers = [self._optim]  # as TorchRec marks fused weights
+        self._optim = self._form.fused_optimizer(list(self.shards), fused_params, where)
 
     @property
-    def fused_optimizer(self) -> ExtFusedOptimizer:
+    def fused_optimizer(self) -> FusedOptimizer:
         return self._optim

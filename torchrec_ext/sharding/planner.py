@@ -1,19 +1,21 @@
-"""Planner pieces that know torchrec_ext tables.
+"""Planner pieces that know torchrec_ext tables (through their kinds).
 
-* `ExtStorageEstimator` charges each shard its real bytes: the state pieces it holds (a
-  hashed table's buffer, a QR table's partition tables; not num_embeddings x dim)
-  plus the fused optimizer's state; a dynamic table its capacity (rows x (dim x dtype +
-  optimizer state) + index overhead).
-* `ExtEnumerator` drops sharding options whose shards would cut a table's regions
-  (e.g. row-wise over a world size that does not divide `row_regions`).
+* `ExtStorageEstimator` charges each shard what its kind says it holds
+  (`TableKind.storage_bytes`): a hashed table's buffer, a QR table's partition tables,
+  a dynamic table's capacity, each with its fused optimizer's state; not
+  num_embeddings x dim.
+* `ExtEnumerator` drops sharding options a table cannot take (shards that would cut its
+  regions, a sharding type its kind refuses) and logs why.
 * `make_planner` builds an `EmbeddingShardingPlanner` with both.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Dict, List, Optional
 
 from torch import nn
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.distributed.planner.enumerators import EmbeddingEnumerator
 from torchrec.distributed.planner.shard_estimators import (
@@ -21,12 +23,13 @@ from torchrec.distributed.planner.shard_estimators import (
     EmbeddingStorageEstimator,
 )
 from torchrec.distributed.planner.types import ParameterConstraints, ShardingOption
-from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.types import ModuleSharder, ShardingType
 
 from torchrec_ext.modules.collection_base import ExtEmbeddingBagCollection
-from torchrec_ext.modules.row_optim import row_optimizer_kind, state_widths
-from torchrec_ext.sharding.fused_optim import ADAGRAD, ROWWISE_ADAGRAD, optimizer_kind
+from torchrec_ext.modules.row_optim import supported_optimizer_kind
+from torchrec_ext.modules.table_kind import find_table_kind, table_kind
+
+logger = logging.getLogger(__name__)
 
 
 def _ext_config(option: ShardingOption):
@@ -39,20 +42,11 @@ def _ext_config(option: ShardingOption):
     return None
 
 
-def optimizer_state_bytes(kind: str, rows: int, cols: int, elem_size: int) -> int:
-    """Bytes of the fused optimizer's state for a [rows, cols] piece."""
-    if kind == ADAGRAD:
-        return rows * cols * elem_size
-    if kind == ROWWISE_ADAGRAD:
-        return rows * 4
-    return 0
-
-
 class ExtStorageEstimator(EmbeddingStorageEstimator):
     """TorchRec's storage estimate with each torchrec_ext shard's real state and optimizer bytes.
 
     TorchRec charges a shard rows x cols of the planner's view; a torchrec_ext shard holds
-    its state pieces instead (for a row-wise QR table: its rows of the sharded partition
+    what its kind says instead (for a row-wise QR table: its rows of the sharded partition
     plus a replica of the others), each with its fused optimizer state.
     """
 
@@ -62,22 +56,15 @@ class ExtStorageEstimator(EmbeddingStorageEstimator):
             cfg = _ext_config(option)
             if cfg is None:
                 continue
-            dp = option.sharding_type == ShardingType.DATA_PARALLEL.value
+            kind = table_kind(cfg)
             fused = sharder_data_map[option.module_type_key].fused_params if sharder_data_map else {}
-            dynamic = hasattr(cfg, "storage_bytes")
             # DP tables train with the dense optimizer, charged by TorchRec.
-            kind = None if (dp or dynamic) else optimizer_kind(fused, option.name)
+            dp = option.sharding_type == ShardingType.DATA_PARALLEL.value
+            optimizer = None if dp else supported_optimizer_kind(fused, f"table '{option.name}'", kind.optimizers)
             elem = option.tensor.element_size()
             for shard in option.shards:
                 view_bytes = shard.size[0] * shard.size[1] * elem
-                if dynamic:  # charged for their capacity, with per-row optimizer state (fp32)
-                    widths = state_widths(row_optimizer_kind(fused, option.name), shard.size[1])
-                    extra = cfg.storage_bytes(option.sharding_type, shard.size, 4 * sum(widths.values())) - view_bytes
-                else:
-                    pieces = cfg.state_pieces(option.sharding_type, shard.offset, shard.size)
-                    extra = sum(p.numel for p in pieces) * elem - view_bytes
-                    if kind is not None:
-                        extra += sum(optimizer_state_bytes(kind, *p.sizes, elem) for p in pieces)
+                extra = kind.storage_bytes(cfg, option.sharding_type, shard.offset, shard.size, optimizer) - view_bytes
                 if self._topology.compute_device == "cuda":
                     shard.storage.hbm += extra
                 else:
@@ -121,43 +108,45 @@ class ExtEnumerator(EmbeddingEnumerator):
         for name, reasons in dropped.items():
             if name not in names_kept:
                 raise ValueError(f"table '{name}': no valid sharding option: " + "; ".join(reasons))
+            logger.info("table '%s': %d sharding option(s) dropped: %s", name, len(reasons),
+                        "; ".join(sorted(set(reasons))))
         return kept
 
 
 def region_violation(cfg, option: ShardingOption) -> Optional[str]:
     """Why this option cannot hold the table (its shards would cut regions...), or None."""
-    reason = cfg.unsupported_sharding(option.sharding_type)
+    kind = table_kind(cfg)
+    reason = kind.unsupported_sharding(cfg, option.sharding_type)
     if reason is not None:
         return reason
-    row_unit, col_unit = cfg.row_shard_unit(), cfg.col_shard_unit()
+    row_unit, col_unit = kind.row_shard_unit(cfg), kind.col_shard_unit(cfg)
     for shard in option.shards:
         (r, c), (rs, cs) = shard.offset, shard.size
-        if r % row_unit or (rs % row_unit and r + rs != cfg.parameter_shape()[0]):
+        if r % row_unit or (rs % row_unit and r + rs != kind.parameter_shape(cfg)[0]):
             return (f"{option.sharding_type} shards rows at {r}+{rs}, not on the table's "
-                    f"{row_unit}-row regions ({region_hint(cfg)})")
+                    f"{row_unit}-row regions ({kind.shard_unit_rule(cfg)})")
         if c % col_unit or cs % col_unit:
             return (f"{option.sharding_type} shards columns at {c}+{cs}, not on multiples "
                     f"of {col_unit}")
     return None
 
 
-def region_hint(cfg) -> str:
-    regions = getattr(cfg, "row_regions", None)
-    return f"row-wise world sizes must divide row_regions={regions}" if regions else "see the table's config"
-
-
 def planned_bytes(cfg, sharding, world_size: int) -> int:
     """Bytes of fp32 table state a plan places on all ranks together (replicas counted):
     a torchrec_ext table's state pieces, a standard table's shards. Dynamic tables hold
     the rows they create, not a planned amount: ask them (`table_size`)."""
-    if hasattr(cfg, "storage_bytes"):
+    kind = find_table_kind(cfg)  # None: a standard TorchRec table
+    if kind is not None and not kind.fixed_size:
         raise ValueError(f"table '{cfg.name}': a dynamic table holds the rows it creates; use table_size()")
     if sharding.sharding_spec is None:  # data-parallel: a full copy per rank
-        return world_size * cfg.num_embeddings * cfg.embedding_dim * 4
+        if kind is None:
+            return world_size * cfg.num_embeddings * cfg.embedding_dim * 4
+        full = kind.parameter_shape(cfg)
+        return world_size * kind.storage_bytes(cfg, ShardingType.DATA_PARALLEL.value, (0, 0), full, None)
     shards = sharding.sharding_spec.shards
-    if hasattr(cfg, "state_pieces"):
-        return 4 * sum(pc.numel for s in shards
-                       for pc in cfg.state_pieces(sharding.sharding_type, s.shard_offsets, s.shard_sizes))
+    if kind is not None:
+        return sum(kind.storage_bytes(cfg, sharding.sharding_type, s.shard_offsets, s.shard_sizes, None)
+                   for s in shards)
     return 4 * sum(s.shard_sizes[0] * s.shard_sizes[1] for s in shards)
 
 

@@ -9,8 +9,7 @@ num_embeddings x dim), and ids are validated against each table before they leav
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -26,37 +25,18 @@ from torchrec.modules.embedding_configs import PoolingType
 from torchrec.optim.fused import EmptyFusedOptimizer
 
 from torchrec_ext.modules.collection_base import check_ids, check_kjt
-from torchrec_ext.sharding.kernels import TABLE_KEY
+from torchrec_ext.modules.table_kind import table_kind
 from torchrec_ext.sharding.replica_sync import ReplicaGradSync
 from torchrec_ext.sharding.shardings import SHARDING_CLASSES
-
-
-@dataclass(frozen=True)
-class ExtTableRef:
-    """Carries a table's torchrec_ext config through TorchRec's per-table fused_params.
-
-    TorchRec groups a rank's tables into lookup kernels by their fused_params, so the ref
-    compares by `group`: the config's `kernel_group` for kinds whose kernels serve many
-    tables in one call (hashed), else the table's name (a kernel of its own).
-    """
-
-    group: str
-    config: Any = field(compare=False, hash=False)
-
-    @classmethod
-    def of(cls, cfg: Any) -> "ExtTableRef":
-        return cls(getattr(cfg, "kernel_group", None) or cfg.name, cfg)
+from torchrec_ext.sharding.table_ref import TABLE_KEY, ExtTableRef
 
 
 def planner_view(module: nn.Module, table: str, cfg: Any) -> torch.Tensor:
-    """The tensor TorchRec plans for a table: its parameter when it has one of the view's
-    shape (hashed buffer), else a meta tensor of `parameter_shape()` (QR tables)."""
-    holder = module.embedding_bags[table]
-    weight = getattr(holder, "weight", None)
-    if isinstance(weight, torch.Tensor) and tuple(weight.shape) == tuple(cfg.parameter_shape()):
-        return weight
-    dtype = getattr(cfg, "storage_dtype", None) or next(holder.parameters()).dtype
-    return nn.Parameter(torch.empty(cfg.parameter_shape(), dtype=dtype, device="meta"), requires_grad=False)
+    """The tensor TorchRec plans for a table: a meta tensor of the kind's view (its shape
+    and dtype), never the table's own state."""
+    kind = table_kind(cfg)
+    return nn.Parameter(torch.empty(kind.parameter_shape(cfg), dtype=kind.parameter_dtype(cfg), device="meta"),
+                        requires_grad=False)
 
 
 class _PlannerView(nn.Module):
@@ -81,6 +61,8 @@ class _PlannerView(nn.Module):
 
 
 class ShardedExtEmbeddingBagCollection(ShardedEmbeddingBagCollection):
+    _replica_sync: Optional[ReplicaGradSync] = None  # made when a plan replicates pieces
+
     def __init__(self, module, table_name_to_parameter_sharding, *args, **kwargs) -> None:
         super().__init__(module, table_name_to_parameter_sharding, *args, **kwargs)
         # TorchRec 1.8.0 divides by the bag length every feature that is not a row-wise
@@ -106,11 +88,11 @@ class ShardedExtEmbeddingBagCollection(ShardedEmbeddingBagCollection):
                     # The id space TorchRec bucketizes: rank r's block of ids must be the
                     # ids that rows [r*block, (r+1)*block) of the view serve.
                     shards = info.param_sharding.sharding_spec.shards
-                    info.embedding_config.num_embeddings = cfg.rw_id_space(
-                        int(shards[0].shard_sizes[0]), len(shards))
+                    info.embedding_config.num_embeddings = table_kind(cfg).rw_id_space(
+                        cfg, int(shards[0].shard_sizes[0]), len(shards))
                 else:
                     # TorchRec sizes the local shard from num_embeddings, i.e. the view.
-                    info.embedding_config.num_embeddings = cfg.parameter_shape()[0]
+                    info.embedding_config.num_embeddings = table_kind(cfg).parameter_shape(cfg)[0]
                 info.fused_params = {**info.fused_params, TABLE_KEY: ExtTableRef.of(cfg)}
         return infos
 
@@ -141,9 +123,9 @@ class ShardedExtEmbeddingBagCollection(ShardedEmbeddingBagCollection):
 
         Every rank shards this module with the same plan, so all ranks agree on whether
         the process group below is needed and create it at the same point."""
-        shards = [(s, i) for k in self._kernels() for s in getattr(k, "shards", [])
+        shards = [(s, i) for k in self._kernels() for s in k.shards
                   for i, pc in enumerate(s.pieces) if pc.replicated]
-        if not shards or getattr(self, "_replica_sync", None) is not None:
+        if not shards or self._replica_sync is not None:
             return
         pg = dist.new_group(backend=dist.get_backend(self._env.process_group))
         self._replica_sync = ReplicaGradSync(pg)
@@ -156,7 +138,7 @@ class ShardedExtEmbeddingBagCollection(ShardedEmbeddingBagCollection):
         self.embedding_bags: nn.ModuleDict = nn.ModuleDict({t: nn.Module() for t in self._table_names})
         # table -> state name -> [(local piece, its metadata or None if every rank holds it)]
         self._ext_shards: Dict[str, Dict[str, List[Tuple[nn.Parameter, Any]]]] = {
-            t: {n: [] for n in self._table_name_to_config[t].state_names()} for t in self._table_names
+            t: {n: [] for n in self._state_names(t)} for t in self._table_names
         }
         for kernel in self._kernels():
             for table, name, param, meta in kernel.local_shards():
@@ -183,14 +165,15 @@ class ShardedExtEmbeddingBagCollection(ShardedEmbeddingBagCollection):
         if plan.sharding_type == ShardingType.DATA_PARALLEL.value or (pieces and pieces[0][1] is None):
             return pieces[0][0].detach()
         cfg = self._table_name_to_config[table]
+        kind = table_kind(cfg)
         global_shards = []
         for m in plan.sharding_spec.shards:
-            for pc in cfg.state_pieces(plan.sharding_type, m.shard_offsets, m.shard_sizes):
+            for pc in kind.state_pieces(cfg, plan.sharding_type, m.shard_offsets, m.shard_sizes):
                 if pc.name == name:
                     global_shards.append(ShardMetadata(list(pc.offsets), list(pc.sizes), m.placement))
         metadata = ShardedTensorMetadata(
             shards_metadata=global_shards,
-            size=torch.Size(cfg.state_shape(name)),
+            size=torch.Size(kind.state_shape(cfg, name)),
             tensor_properties=TensorProperties(dtype=pieces[0][0].dtype if pieces else torch.float32),
         )
         local = [Shard(tensor=p.detach(), metadata=m) for p, m in pieces]
@@ -198,8 +181,12 @@ class ShardedExtEmbeddingBagCollection(ShardedEmbeddingBagCollection):
             local_shards=local, sharded_tensor_metadata=metadata, process_group=self._env.process_group
         )
 
+    def _state_names(self, table: str) -> List[str]:
+        cfg = self._table_name_to_config[table]
+        return table_kind(cfg).state_names(cfg)
+
     def _state_keys(self) -> List[Tuple[str, str]]:
-        return [(t, n) for t in self._table_names for n in self._table_name_to_config[t].state_names()]
+        return [(t, n) for t in self._table_names for n in self._state_names(t)]
 
     def state_dict(self, destination=None, prefix: str = "", keep_vars: bool = False):
         if destination is None:
@@ -237,7 +224,7 @@ class ShardedExtEmbeddingBagCollection(ShardedEmbeddingBagCollection):
         for cfg in self._embedding_bag_configs:
             for f in cfg.feature_names:
                 if f in keys:
-                    check_ids(cfg.name, features[f].values(), *cfg.id_bounds())
+                    check_ids(cfg.name, features[f].values(), *table_kind(cfg).id_bounds(cfg))
         return super().input_dist(ctx, features)
 
 

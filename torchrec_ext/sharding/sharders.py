@@ -10,13 +10,15 @@ from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.sharding_plan import get_default_sharders
 from torchrec.distributed.types import ModuleSharder, ShardingType
 
-from torchrec_ext.modules.dynamic_embedding_bag import DynamicEmbeddingBagCollection
-from torchrec_ext.modules.hashed_embedding_bag import HashedEmbeddingBagCollection
-from torchrec_ext.modules.qr_embedding_bag import QREmbeddingBagCollection
+from torchrec_ext.modules.collection_base import ExtEmbeddingBagCollection
+from torchrec_ext.modules.dynamic import DynamicEmbeddingBagCollection
+from torchrec_ext.modules.hashed import HashedEmbeddingBagCollection
+from torchrec_ext.modules.qr import QREmbeddingBagCollection
 from torchrec_ext.modules.row_optim import row_optimizer_kind
+from torchrec_ext.sharding.dynamic import ShardedDynamicEmbeddingBagCollection
 from torchrec_ext.sharding.fused_optim import optimizer_kind
 from torchrec_ext.sharding.sharded_collection import ShardedExtEmbeddingBagCollection, planner_view
-from torchrec_ext.sharding.sharded_dynamic import ShardedDynamicEmbeddingBagCollection
+from torchrec_ext.sharding.table_ref import BATCHING_KEY
 
 EXT_SHARDING_TYPES = [
     ShardingType.TABLE_WISE.value,
@@ -27,14 +29,24 @@ EXT_SHARDING_TYPES = [
 
 
 class ExtEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
-    """Base sharder of torchrec_ext collections (TW, RW, CW, DP on CPU and CUDA)."""
+    """Sharder of `ExtEmbeddingBagCollection` (tables of any fixed-state kind, a user's own
+    included), and the base of the other torchrec_ext sharders: TW, RW, CW, DP on CPU and CUDA.
 
-    module_cls: Type[nn.Module] = nn.Module
+    Args:
+        fused_params: the fused optimizer, as for TorchRec's sharders
+            ({"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": 0.01, ...}).
+        table_batching: a rank's tables of one kind pool (and update) in one native call;
+            False gives each table calls of its own (what the benchmark compares).
+    """
+
+    module_cls: Type[nn.Module] = ExtEmbeddingBagCollection
     sharded_cls: Type[nn.Module] = ShardedExtEmbeddingBagCollection
     check_optimizer = staticmethod(optimizer_kind)
 
-    def __init__(self, fused_params: Optional[Dict[str, Any]] = None, **kwargs: Any) -> None:
+    def __init__(self, fused_params: Optional[Dict[str, Any]] = None, table_batching: bool = True,
+                 **kwargs: Any) -> None:
         self.check_optimizer(fused_params, type(self).__name__)  # fail early on an unsupported optimizer
+        self.table_batching = table_batching
         super().__init__(fused_params=fused_params, **kwargs)
 
     def shard(self, module, params, env, device=None, module_fqn=None):
@@ -42,7 +54,7 @@ class ExtEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
             module=module,
             table_name_to_parameter_sharding=params,
             env=env,
-            fused_params=self.fused_params,
+            fused_params={**(self.fused_params or {}), BATCHING_KEY: self.table_batching},
             device=device,
             qcomm_codecs_registry=self.qcomm_codecs_registry,
             module_fqn=module_fqn,
@@ -97,23 +109,34 @@ class RowWiseCpuEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
         return types
 
 
-def project_sharders(fused_params: Optional[Dict[str, Any]] = None) -> List[ModuleSharder[nn.Module]]:
-    return [
-        HashedEmbeddingBagCollectionSharder(fused_params=fused_params),
-        QREmbeddingBagCollectionSharder(fused_params=fused_params),
-        DynamicEmbeddingBagCollectionSharder(fused_params=fused_params),
-    ]
+def project_sharders(fused_params: Optional[Dict[str, Any]] = None,
+                     table_batching: bool = True) -> List[ModuleSharder[nn.Module]]:
+    """One sharder per torchrec_ext collection type."""
+    return [cls(fused_params=fused_params, table_batching=table_batching)
+            for cls in (ExtEmbeddingBagCollectionSharder, HashedEmbeddingBagCollectionSharder,
+                        QREmbeddingBagCollectionSharder, DynamicEmbeddingBagCollectionSharder)]
 
 
-def get_sharders(fused_params: Optional[Dict[str, Any]] = None) -> List[ModuleSharder[nn.Module]]:
+def get_sharders(fused_params: Optional[Dict[str, Any]] = None,
+                 table_batching: bool = True) -> List[ModuleSharder[nn.Module]]:
     """TorchRec's default sharders plus torchrec_ext's, ready for DMP and the planner.
 
-    `fused_params` (an FBGEMM `EmbOptimType` under "optimizer", "learning_rate", ...)
-    configure the fused optimizer of TorchRec's EBC and of every torchrec_ext table.
+    Args:
+        fused_params: an FBGEMM `EmbOptimType` under "optimizer", "learning_rate", ...:
+            the fused optimizer of TorchRec's EBC and of every torchrec_ext table.
+        table_batching: see `ExtEmbeddingBagCollectionSharder`.
+
+    Returns: the sharders, for `EmbeddingShardingPlanner.plan` and `DistributedModelParallel`.
+
+    Example:
+        >>> from fbgemm_gpu.split_embedding_configs import EmbOptimType
+        >>> sharders = get_sharders({"optimizer": EmbOptimType.EXACT_ROWWISE_ADAGRAD, "learning_rate": 0.05})
+        >>> "DynamicEmbeddingBagCollectionSharder" in [type(s).__name__ for s in sharders]
+        True
     """
     sharders: List[ModuleSharder[nn.Module]] = []
     for s in get_default_sharders():
         if type(s) is EmbeddingBagCollectionSharder:
             s = RowWiseCpuEmbeddingBagCollectionSharder(fused_params=fused_params)
         sharders.append(s)
-    return sharders + project_sharders(fused_params)
+    return sharders + project_sharders(fused_params, table_batching)

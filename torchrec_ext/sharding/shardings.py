@@ -18,11 +18,8 @@ from torchrec.distributed.sharding.rw_sharding import RwPooledEmbeddingSharding
 from torchrec.distributed.sharding.tw_sharding import TwPooledEmbeddingSharding
 from torchrec.distributed.types import ShardingType
 
-from torchrec_ext.sharding.kernels import (
-    ExtFusedPooledEmbeddingKernel,
-    ExtPooledEmbeddingKernel,
-    ext_table_config,
-)
+from torchrec_ext.sharding.kernels import ExtFusedPooledEmbeddingKernel, ExtPooledEmbeddingKernel
+from torchrec_ext.sharding.table_ref import ext_table_config
 
 
 class ExtGroupedPooledEmbeddingsLookup(GroupedPooledEmbeddingsLookup):
@@ -34,14 +31,15 @@ class ExtGroupedPooledEmbeddingsLookup(GroupedPooledEmbeddingsLookup):
         return super()._create_embedding_kernel(config, device, pg, sharding_type, env)
 
 
-def _with_ext_lookup(base, name: str, **lookup_kwargs):
-    """`base` strategy whose lookup runs torchrec_ext kernels (TorchRec's kwargs otherwise)."""
+def _with_ext_lookup(base, name: str, group_of=lambda strategy: strategy._pg, **lookup_kwargs):
+    """`base` strategy whose lookup runs torchrec_ext kernels (TorchRec's kwargs otherwise);
+    group_of(strategy) is the process group its lookup gets."""
 
     def create_lookup(self, device: Optional[torch.device] = None,
                       fused_params: Optional[Dict[str, Any]] = None, feature_processor=None):
         return ExtGroupedPooledEmbeddingsLookup(
             grouped_configs=self._grouped_embedding_configs,
-            pg=getattr(self, "_pg", self._env.process_group),  # DP strategies keep only the env
+            pg=group_of(self),
             device=device if device is not None else self._device,
             feature_processor=feature_processor,
             env=self._env,
@@ -57,8 +55,10 @@ ExtRwPooledEmbeddingSharding = _with_ext_lookup(
 )
 ExtCwPooledEmbeddingSharding = _with_ext_lookup(CwPooledEmbeddingSharding, "ExtCwPooledEmbeddingSharding")
 # DP weights are trained by the dense optimizer; DDP averages their gradients.
+# (DP strategies keep only the env, not a process group of their own.)
 ExtDpPooledEmbeddingSharding = _with_ext_lookup(
-    DpPooledEmbeddingSharding, "ExtDpPooledEmbeddingSharding", scale_weight_gradients=False
+    DpPooledEmbeddingSharding, "ExtDpPooledEmbeddingSharding",
+    group_of=lambda strategy: strategy._env.process_group, scale_weight_gradients=False
 )
 
 

@@ -22,11 +22,12 @@ from torch import nn
 from torch.nn.modules.module import _IncompatibleKeys
 from torchrec.distributed.types import ShardingType
 
-from torchrec_ext.modules.dynamic_embedding_bag import bucket_entries, bucket_key, load_buckets
-from torchrec_ext.modules.dynamic_rows import KeyedRows, bucket_of
+from torchrec_ext.modules.dynamic.checkpoint import bucket_entries, bucket_key, load_buckets
+from torchrec_ext.modules.dynamic.rows import KeyedRows, bucket_of
 from torchrec_ext.modules.row_optim import PER_ROW_STATES
-from torchrec_ext.sharding.dynamic_shard import DynamicLocalShard
-from torchrec_ext.sharding.hash_rw import ExtDynamicRwPooledEmbeddingSharding
+from torchrec_ext.sharding.dynamic import batch  # noqa: F401  (registers the dynamic form)
+from torchrec_ext.sharding.dynamic.hash_rw import ExtDynamicRwPooledEmbeddingSharding
+from torchrec_ext.sharding.dynamic.local_shard import DynamicLocalShard
 from torchrec_ext.sharding.sharded_collection import ShardedExtEmbeddingBagCollection
 
 

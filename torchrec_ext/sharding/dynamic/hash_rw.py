@@ -14,12 +14,11 @@ from typing import List
 
 import torch
 from torchrec.distributed.sharding.rw_sharding import RwSparseFeaturesDist
-from torchrec.distributed.types import ShardingType
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_ext.ops.dynamic import key_hash
-from torchrec_ext.sharding.kernels import ext_table_config
 from torchrec_ext.sharding.shardings import ExtRwPooledEmbeddingSharding
+from torchrec_ext.sharding.table_ref import ext_table_config
 
 
 def hash_bucketize(kjt: KeyedJaggedTensor, world_size: int, key_buckets: torch.Tensor) -> KeyedJaggedTensor:
@@ -66,5 +65,3 @@ class ExtDynamicRwPooledEmbeddingSharding(ExtRwPooledEmbeddingSharding):
         return HashRwSparseFeaturesDist(self._pg, self._get_num_features(), buckets,
                                         device if device is not None else self._device)
 
-
-ROW_WISE = ShardingType.ROW_WISE.value

@@ -16,13 +16,9 @@ import torch
 from torchrec.optim.fused import FusedOptimizer
 
 from torchrec_ext.modules import row_optim
-from torchrec_ext.modules.dynamic_rows import DynamicRows, Lookup
+from torchrec_ext.modules.dynamic.rows import DynamicRows, Lookup
 from torchrec_ext.ops import dynamic as dyn_ops
 from torchrec_ext.ops.batched import one_table
-
-
-def check_dynamic_optimizer(fused_params: Optional[Mapping[str, Any]], where: str) -> str:
-    return row_optim.row_optimizer_kind(fused_params, where)
 
 
 class _FusedRowsLookup(torch.autograd.Function):
@@ -69,7 +65,7 @@ class DynamicFusedUpdate(FusedOptimizer):
     def __init__(self, rows: Mapping[str, DynamicRows], fused_params: Optional[Mapping[str, Any]],
                  where: str, reduce_by: Optional[Mapping[str, str]] = None) -> None:
         fused_params = dict(fused_params or {})
-        self.kind = check_dynamic_optimizer(fused_params, where)
+        self.kind = row_optim.row_optimizer_kind(fused_params, where)
         self.hp = row_optim.hyper_parameters(fused_params)
         self.rows: Dict[str, DynamicRows] = dict(rows)
         self.reduce_by = dict(reduce_by or {})

@@ -2,7 +2,7 @@
 dtype) look up their ids in one native call (`hash_index_lookup_`, which also stamps the
 rows it finds), pool in one call (`dynamic_bags_forward`) and, in the backward pass,
 update in one call: with SGD inside the backward kernel (`dynamic_bags_sgd_`), else from
-the touched rows' gradients of one `dynamic_bags_backward` call (sharding/dynamic_optim.py).
+the touched rows' gradients of one `dynamic_bags_backward` call (modules/dynamic/fused_update.py).
 Only a table with unseen ids takes a per-table step (admission, insertion, initial values).
 """
 
@@ -13,9 +13,11 @@ from typing import List, Sequence
 import torch
 from torch import nn
 
-from torchrec_ext.modules.dynamic_rows import lookup_batch
+from torchrec_ext.modules.dynamic.kind import DynamicTableKind
+from torchrec_ext.modules.dynamic.rows import lookup_batch
 from torchrec_ext.ops import dynamic as dyn_ops
-from torchrec_ext.sharding.table_batch import shard_bags
+from torchrec_ext.sharding.dynamic.local_shard import DynamicLocalShard, dynamic_fused_optimizer
+from torchrec_ext.sharding.shard_forms import ShardForm, register_shard_form, shard_bags
 
 
 class DynamicTableBatch:
@@ -44,3 +46,11 @@ class DynamicTableBatch:
                                           table_bags, self.poolings)
         return dyn_ops.dynamic_bags([lk.blocks for lk in looked], rows, offsets, psw, table_bags, self.poolings,
                                     [s.missing_value for s in self.stores])
+
+
+register_shard_form(DynamicTableKind, ShardForm(
+    local_shard=DynamicLocalShard,
+    batch_key=lambda shard: shard.rows.dtype,  # one call reads one storage dtype
+    batch=DynamicTableBatch,
+    fused_optimizer=dynamic_fused_optimizer,
+))

@@ -8,14 +8,16 @@ and the global column only, so every plan holds the same rows.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 from torchrec.distributed.embedding_types import ShardedEmbeddingTable
 from torchrec.distributed.types import ShardingType
 
-from torchrec_ext.modules.dynamic_embedding_bag import shared_rows
+from torchrec_ext.modules.dynamic.fused_update import DynamicFusedUpdate
+from torchrec_ext.modules.dynamic.kind import new_rows
+from torchrec_ext.modules.dynamic.shared import shared_rows
 
 
 class DynamicLocalShard(nn.Module):
@@ -37,8 +39,8 @@ class DynamicLocalShard(nn.Module):
 
         signature = ("sharded", str(sharding_type), rank, col_offset, cols, str(device))
         # a row-wise rank holds its share of the table's keys, and of its capacities
-        self.rows = shared_rows(config, signature, lambda: config.new_rows(
-            device, col_offset=col_offset, cols=cols, capacity_share=share))
+        self.rows = shared_rows(config, signature, lambda: new_rows(
+            config, device, col_offset=col_offset, cols=cols, capacity_share=share))
         self.optimizer = None  # a DynamicFusedUpdate, set by the kernel
         self.optim_key = ""
         self.steps = 0  # training lookups so far: the step stamped on rows
@@ -46,3 +48,17 @@ class DynamicLocalShard(nn.Module):
     def reset_parameters(self) -> None:
         self.rows.clear()
         self.steps = 0
+
+
+def dynamic_fused_optimizer(shards: Sequence[DynamicLocalShard], fused_params: Mapping[str, Any],
+                            where: str) -> DynamicFusedUpdate:
+    """One in-backward optimizer over the rows of the kernel's dynamic shards."""
+    for s in shards:
+        s.optim_key = f"{s.table_name}.rows"
+        while any(o is not s and o.optim_key == s.optim_key for o in shards):
+            s.optim_key += "_cw"  # several column shards of one table on this rank
+    optim = DynamicFusedUpdate({s.optim_key: s.rows for s in shards}, fused_params, where,
+                               reduce_by={s.optim_key: s.config.grad_reduce_by for s in shards})
+    for s in shards:
+        s.optimizer = optim
+    return optim
