@@ -42,10 +42,10 @@ VARIANTS = ("full", "hashed", "qr", "dynamic")
 def build_model(variant: str, args):
     """DLRM whose sparse arch holds a standard EBC (small tables) and a collection of the
     variant (large tables); on the meta device until DMP shards it."""
+    from criteo_data import CATEGORICAL, DENSE, VOCAB
     from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
     from torchrec.models.dlrm import DLRM, DLRMTrain
 
-    from criteo_data import CATEGORICAL, DENSE, VOCAB
     import torchrec_ext as trx
 
     meta = torch.device("meta")
@@ -150,13 +150,13 @@ def worker(rank: int, world_size: int, port: int, variant: str, args, result_pat
 def train_and_eval(rank: int, world_size: int, variant: str, args, result_path: str) -> None:
     import torch.distributed.checkpoint as dcp
     from fbgemm_gpu.split_embedding_configs import EmbOptimType
+    from torchmetrics.functional.classification import binary_auroc
     from torchrec.distributed.model_parallel import DistributedModelParallel
     from torchrec.distributed.planner import Topology
     from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
     from torchrec.distributed.types import ShardingEnv
     from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
     from torchrec.optim.optimizers import in_backward_optimizer_filter
-    from torchmetrics.functional.classification import binary_auroc
     from tqdm import tqdm
 
     from torchrec_ext.sharding import get_sharders, make_planner

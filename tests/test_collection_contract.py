@@ -2,12 +2,11 @@
 
 import pytest
 import torch
+from sample_tables import hashed_tables, kjt, qr_tables
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from sample_tables import hashed_tables, kjt, qr_tables
 from torchrec_ext import HashedEmbeddingBagCollection, QREmbeddingBagCollection
-
 
 KINDS = {
     "hashed": (HashedEmbeddingBagCollection, hashed_tables),

@@ -4,10 +4,9 @@ scenarios (see dist_harness.py); each test reports its own scenario."""
 
 import os
 
+import dist_scenarios as sc
 import pytest
 import torch
-
-import dist_scenarios as sc
 from dist_harness import run_world
 
 CHECKPOINT = ["checkpoint_save"]
@@ -79,8 +78,8 @@ def test_dynamic_checkpoint_loads_row_and_column_wise_on_4_ranks(worlds):
 def test_dynamic_checkpoint_loads_unsharded_in_one_process(worlds):
     """World size 1: the 2-rank checkpoint's rows, optimizer state and metadata, and further
     steps, unsharded."""
-    import torch.distributed.checkpoint as dcp
     import dist_dynamic_scenarios as dyn
+    import torch.distributed.checkpoint as dcp
 
     _check(worlds, 2, "dyn_checkpoint_save")
     path = os.path.join(worlds["ckpt"], "dynamic")

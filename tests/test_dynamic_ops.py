@@ -3,8 +3,8 @@
 
 import pytest
 import torch
-
 from batches import DEVICES, make_batch
+
 from torchrec_ext.initializers import Constant, Normal, TruncatedNormal, Uniform
 from torchrec_ext.ops import dynamic as dyn
 

@@ -4,8 +4,8 @@ import threading
 
 import pytest
 import torch
-
 from batches import DEVICES
+
 from torchrec_ext import HashTable, TableFullError
 
 I64_MIN, I64_MAX = -(2**63), 2**63 - 1

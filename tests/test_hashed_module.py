@@ -1,10 +1,12 @@
 """Hashed tables: the reference formula and config validation (the EBC contract is in
 test_collection_contract.py)."""
 
+import hashed_reference as ref
 import pytest
 import torch
-import hashed_reference as ref
-from sample_tables import hashed_tables as tables, kjt
+from sample_tables import hashed_tables as tables
+from sample_tables import kjt
+
 from torchrec_ext import HashedEmbeddingBagCollection, HashedEmbeddingBagConfig
 
 

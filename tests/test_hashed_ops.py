@@ -1,13 +1,20 @@
 """Hashed-table kernels against the independent reference in hashed_reference.py."""
 
+import hashed_reference as ref
 import pytest
 import torch
-
-import hashed_reference as ref
 from batches import DEVICES, assert_kernel_matches_reference, make_batch
+
 from torchrec_ext import HashedEmbeddingBagConfig
-from torchrec_ext.ops import coord_uniform_, hashed_bag, hashed_bag_sgd_, hashed_bags, hashed_bags_keep, hashed_bags_sgd_
 from torchrec_ext.modules.hashed import shard_layout
+from torchrec_ext.ops import (
+    coord_uniform_,
+    hashed_bag,
+    hashed_bag_sgd_,
+    hashed_bags,
+    hashed_bags_keep,
+    hashed_bags_sgd_,
+)
 
 CASES = [
     dict(mode="element", signed=False),

@@ -3,14 +3,14 @@
 must equal the reference's, the cache must say where the kernel read, and a cache
 that is not the call's must raise without writing outside the buffers."""
 
+import hashed_reference as ref
 import pytest
 import torch
-
-import hashed_reference as ref
 from batches import DEVICES, make_batch
+
 from torchrec_ext import HashedEmbeddingBagConfig
-from torchrec_ext.ops import hashed_bag, hashed_bags, hashed_bags_backward, hashed_bags_keep, hashed_bags_sgd_
 from torchrec_ext.modules.hashed import shard_layout
+from torchrec_ext.ops import hashed_bag, hashed_bags, hashed_bags_backward, hashed_bags_keep, hashed_bags_sgd_
 
 _POS_MASK = (1 << 62) - 1
 

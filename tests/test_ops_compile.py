@@ -3,13 +3,13 @@ compiled forward and backward equal eager ones."""
 
 import pytest
 import torch
+from batches import make_batch
 from torchrec.distributed.types import ShardingType
 
-from batches import make_batch
 from torchrec_ext import HashedEmbeddingBagConfig, QREmbeddingBagConfig
-from torchrec_ext.ops import dynamic_bag, hashed_bag, qr_bag
 from torchrec_ext.modules.hashed import shard_layout
 from torchrec_ext.modules.table_kind import table_kind
+from torchrec_ext.ops import dynamic_bag, hashed_bag, qr_bag
 
 
 def _qr():

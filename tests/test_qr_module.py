@@ -5,11 +5,11 @@ is in test_collection_contract.py)."""
 import math
 
 import pytest
+import qr_reference as ref
 import torch
+from sample_tables import kjt, qr_tables
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-import qr_reference as ref
-from sample_tables import kjt, qr_tables
 from torchrec_ext import QREmbeddingBagCollection, QREmbeddingBagConfig
 
 

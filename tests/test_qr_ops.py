@@ -1,14 +1,14 @@
 """QR kernels against the plain-PyTorch reference in qr_reference.py."""
 
 import pytest
-import torch
-
 import qr_reference as ref
+import torch
 from batches import DEVICES, assert_kernel_matches_reference, make_batch
-from torchrec_ext import QREmbeddingBagConfig
 from torchrec.distributed.types import ShardingType
-from torchrec_ext.ops import qr_bag, qr_bag_backward, qr_bags, qr_bags_backward
+
+from torchrec_ext import QREmbeddingBagConfig
 from torchrec_ext.modules.table_kind import table_kind
+from torchrec_ext.ops import qr_bag, qr_bag_backward, qr_bags, qr_bags_backward
 
 PARTITIONS = [
     dict(partition="qr", num_collisions=37),

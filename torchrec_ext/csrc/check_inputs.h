@@ -26,7 +26,8 @@ inline void check_offsets_data(const at::Tensor& off, int64_t nnz, const char* o
 
 // Table t of a batched call owns bags [table_bags[t], table_bags[t + 1]) of the
 // shared offsets: the bounds must not decrease and must lie within the offsets.
-inline void check_table_bags(at::IntArrayRef table_bags, const at::Tensor& offsets, const char* op) {
+inline void check_table_bags(at::IntArrayRef table_bags, const at::Tensor& offsets,
+                             const char* op) {
   const int64_t T = static_cast<int64_t>(table_bags.size()) - 1;
   TORCH_CHECK(T >= 0 && table_bags[0] >= 0 && table_bags[T] <= offsets.numel() - 1, op,
               ": table_bags must lie within the bags of offsets");
@@ -39,8 +40,8 @@ inline void check_table_bags(at::IntArrayRef table_bags, const at::Tensor& offse
 // Table t owns bags [table_bags[t], table_bags[t + 1]) of the shared offsets.
 inline std::vector<HashedLayout> hashed_batch_layouts(
     const at::TensorList weights, const at::Tensor& indices, const at::Tensor& offsets,
-    const std::optional<at::Tensor>& psw, at::IntArrayRef table_bags,
-    at::IntArrayRef poolings, at::IntArrayRef layouts) {
+    const std::optional<at::Tensor>& psw, at::IntArrayRef table_bags, at::IntArrayRef poolings,
+    at::IntArrayRef layouts) {
   const int64_t T = static_cast<int64_t>(weights.size());
   TORCH_CHECK(indices.dim() == 1 && indices.scalar_type() == at::kLong,
               "hashed bag: indices must be a 1-D int64 tensor");
@@ -112,7 +113,8 @@ inline int64_t hashed_position_columns(const at::TensorList weights, at::IntArra
 }
 
 // Ids of one table: reads the data, so CPU only (CUDA kernels skip bad ids instead).
-inline void check_hashed_ids(const at::Tensor& ids, const at::Tensor& weight, const HashedLayout& L) {
+inline void check_hashed_ids(const at::Tensor& ids, const at::Tensor& weight,
+                             const HashedLayout& L) {
   if (ids.numel() == 0) return;
   auto mm = at::aminmax(ids);
   const int64_t lo = std::get<0>(mm).item<int64_t>();

@@ -11,8 +11,7 @@
 
 namespace torchrec_ext {
 
-inline void check_index(const at::Tensor& slot_keys, const at::Tensor& slot_rows,
-                        const char* op) {
+inline void check_index(const at::Tensor& slot_keys, const at::Tensor& slot_rows, const char* op) {
   TORCH_CHECK(slot_keys.dim() == 1 && slot_rows.dim() == 1 &&
                   slot_keys.scalar_type() == at::kLong && slot_rows.scalar_type() == at::kLong,
               op, ": slot_keys and slot_rows must be 1-D int64");
@@ -27,8 +26,8 @@ inline void check_index(const at::Tensor& slot_keys, const at::Tensor& slot_rows
 inline void check_keys(const at::Tensor& keys, const at::Tensor& like, const char* op) {
   TORCH_CHECK(keys.dim() == 1 && keys.scalar_type() == at::kLong, op,
               ": keys must be a 1-D int64 tensor");
-  TORCH_CHECK(keys.device() == like.device(), op, ": keys on ", keys.device(),
-              ", table on ", like.device());
+  TORCH_CHECK(keys.device() == like.device(), op, ": keys on ", keys.device(), ", table on ",
+              like.device());
 }
 
 // Blocks of one table: 2-D, same shape, dtype and device. Returns rows per block.
@@ -64,8 +63,8 @@ inline void check_rows_data(const at::Tensor& rows, int64_t total_rows, bool all
 
 inline void check_bag_args(const at::Tensor& rows, const at::Tensor& offsets,
                            const std::optional<at::Tensor>& psw, const char* op) {
-  TORCH_CHECK(offsets.dim() == 1 && offsets.scalar_type() == at::kLong && offsets.numel() >= 1,
-              op, ": offsets must be a non-empty 1-D int64 tensor");
+  TORCH_CHECK(offsets.dim() == 1 && offsets.scalar_type() == at::kLong && offsets.numel() >= 1, op,
+              ": offsets must be a non-empty 1-D int64 tensor");
   TORCH_CHECK(offsets.device() == rows.device(), op, ": offsets on another device");
   if (psw) {
     TORCH_CHECK(psw->dim() == 1 && psw->numel() == rows.numel() &&
@@ -146,8 +145,8 @@ inline std::vector<DynTable> dynamic_batch_tables(
                   static_cast<int64_t>(missing.size()) == T,
               op, ": table_blocks, table_bags, poolings and missing_values must describe ", T,
               " tables");
-  TORCH_CHECK(table_blocks[0] == 0 && table_blocks[T] == static_cast<int64_t>(blocks.size()),
-              op, ": table_blocks must split the blocks list");
+  TORCH_CHECK(table_blocks[0] == 0 && table_blocks[T] == static_cast<int64_t>(blocks.size()), op,
+              ": table_blocks must split the blocks list");
   check_rows_meta(rows, rows, op);
   check_bag_args(rows, offsets, psw, op);
   check_table_bags(table_bags, offsets, op);
@@ -173,9 +172,9 @@ inline std::vector<at::Tensor> dynamic_batch_grads(at::TensorList grad_outputs,
   std::vector<at::Tensor> go;
   for (size_t t = 0; t < tables.size(); ++t) {
     const at::Tensor& g = grad_outputs[t];
-    TORCH_CHECK(g.dim() == 2 && g.size(0) == tables[t].bag1 - tables[t].bag0 &&
-                    g.size(1) == tables[t].dim,
-                op, ": grad_output ", t, " must be [bags, dim] of its table");
+    TORCH_CHECK(
+        g.dim() == 2 && g.size(0) == tables[t].bag1 - tables[t].bag0 && g.size(1) == tables[t].dim,
+        op, ": grad_output ", t, " must be [bags, dim] of its table");
     go.push_back(g.to(at::kFloat).contiguous());
   }
   return go;
@@ -188,9 +187,9 @@ inline void check_sgd_args(const std::vector<DynTable>& tables, at::IntArrayRef 
                            at::IntArrayRef mean_by_id, at::TensorList updated,
                            at::IntArrayRef steps, const at::Tensor& rows, const char* op) {
   const size_t T = tables.size();
-  TORCH_CHECK(real_rows.size() == T && mean_by_id.size() == T && updated.size() == T &&
-                  steps.size() == T,
-              op, ": real_rows, mean_by_id, updated and steps need one entry per table");
+  TORCH_CHECK(
+      real_rows.size() == T && mean_by_id.size() == T && updated.size() == T && steps.size() == T,
+      op, ": real_rows, mean_by_id, updated and steps need one entry per table");
   for (size_t t = 0; t < T; ++t) {
     TORCH_CHECK(real_rows[t] >= 0 && real_rows[t] <= tables[t].total_rows(), op,
                 ": real_rows must lie within the table's rows");

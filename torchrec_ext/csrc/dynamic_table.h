@@ -21,14 +21,12 @@ constexpr uint64_t kKeySalt = 0xD6E8FEB86659FD93ULL;
 
 // Hash of a key for the index and for routing keys to ranks and checkpoint
 // buckets. Must never change: checkpoints and row-wise plans depend on it.
-TRX_HD uint64_t key_hash(int64_t key) {
-  return fmix64(static_cast<uint64_t>(key) ^ kKeySalt);
-}
+TRX_HD uint64_t key_hash(int64_t key) { return fmix64(static_cast<uint64_t>(key) ^ kKeySalt); }
 
 // Initializer kinds (torchrec_ext/initializers.py).
-constexpr int64_t kInitConstant = 0;   // a
-constexpr int64_t kInitUniform = 1;    // U(a, b)
-constexpr int64_t kInitNormal = 2;     // N(a, b^2)
+constexpr int64_t kInitConstant = 0;     // a
+constexpr int64_t kInitUniform = 1;      // U(a, b)
+constexpr int64_t kInitNormal = 2;       // N(a, b^2)
 constexpr int64_t kInitTruncNormal = 3;  // N(a, b^2) redrawn outside a +- 2b
 constexpr int kTruncDraws = 32;
 
@@ -43,9 +41,9 @@ TRX_HD double box_muller(int64_t key, int64_t col, int64_t draw, int64_t seed) {
   return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
 }
 
-TRX_HD float init_value(int64_t kind, double a, double b, int64_t key, int64_t col,
-                        int64_t seed) {
-  if (kind == kInitUniform) return static_cast<float>(a + (b - a) * (1.0 - key_uniform(key, col, 0, seed)));
+TRX_HD float init_value(int64_t kind, double a, double b, int64_t key, int64_t col, int64_t seed) {
+  if (kind == kInitUniform)
+    return static_cast<float>(a + (b - a) * (1.0 - key_uniform(key, col, 0, seed)));
   if (kind == kInitNormal) return static_cast<float>(a + b * box_muller(key, col, 0, seed));
   if (kind == kInitTruncNormal) {
     double z = 0.0;

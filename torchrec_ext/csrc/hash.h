@@ -29,8 +29,7 @@ TRX_HD uint64_t fmix64(uint64_t k) {
 
 // Per-id part of the hash; computed once per id and reused for every column.
 TRX_HD uint64_t id_hash(int64_t id, int64_t seed) {
-  return fmix64(static_cast<uint64_t>(id) ^
-                (static_cast<uint64_t>(seed) * kSeedMul));
+  return fmix64(static_cast<uint64_t>(id) ^ (static_cast<uint64_t>(seed) * kSeedMul));
 }
 
 // Hash of (id, column-or-block index). Bit 63 is the sign, bits 0..62 the slot.

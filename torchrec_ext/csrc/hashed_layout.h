@@ -20,7 +20,7 @@ struct HashedLayout {
   int64_t col_offset;       // global column of this shard's first column (multiple of chunk)
   int64_t seed;
   bool is_signed;
-  int64_t align;            // block mode: block starts are multiples of this (divides Z)
+  int64_t align;  // block mode: block starts are multiples of this (divides Z)
   // Derived, once per call rather than per element in the kernels: the number of places
   // a block can start in its region's slots * Z elements (start = hash mod starts, times
   // align). 0 for a layout the input checks will reject.
@@ -31,8 +31,8 @@ struct HashedLayout {
   static constexpr int64_t kFields = 9;
   static HashedLayout from_ints(const int64_t* v) {
     const bool element = v[0] == 0;
-    HashedLayout L{v[0], element ? 1 : v[1], v[2], v[3], v[4], v[5], v[6], v[7] != 0,
-                   element ? 1 : v[8], 0};
+    HashedLayout L{v[0],      element ? 1 : v[1], v[2], v[3], v[4], v[5], v[6],
+                   v[7] != 0, element ? 1 : v[8], 0};
     if (L.align > 0) L.starts = L.slots * L.chunk / L.align;
     return L;
   }

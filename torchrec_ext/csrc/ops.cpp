@@ -79,8 +79,7 @@ TORCH_LIBRARY(torchrec_ext, m) {
       "Tensor row_pool, Tensor(c!) pool_used) -> (Tensor, Tensor)");
   // Erases keys; returns each erased key's row (-1 if absent or repeated).
   m.def("hash_index_erase_(Tensor(a!) slot_keys, Tensor(b!) slot_rows, Tensor keys) -> Tensor");
-  m.def(
-      "hash_index_rehash(Tensor slot_keys, Tensor slot_rows, int capacity) -> (Tensor, Tensor)");
+  m.def("hash_index_rehash(Tensor slot_keys, Tensor slot_rows, int capacity) -> (Tensor, Tensor)");
   // 63-bit hash of each key: routes keys to ranks and checkpoint buckets.
   m.def("dynamic_key_hash(Tensor keys) -> Tensor");
 
@@ -104,7 +103,8 @@ TORCH_LIBRARY(torchrec_ext, m) {
   // over r's positions where mean_by_id[t]) and updated[t][r] = steps[t]. Returns the
   // per-sample-weight gradient, taken before the update (or empty).
   m.def(
-      "dynamic_bags_sgd_(Tensor(a!)[] blocks, int[] table_blocks, Tensor[] grad_outputs, Tensor rows, "
+      "dynamic_bags_sgd_(Tensor(a!)[] blocks, int[] table_blocks, Tensor[] grad_outputs, Tensor "
+      "rows, "
       "Tensor offsets, Tensor? per_sample_weights, int[] table_bags, int[] poolings, "
       "float[] missing_values, int[] real_rows, int[] mean_by_id, float lr, Tensor(b!)[] updated, "
       "int[] steps, bool psw_grad) -> Tensor");

@@ -16,8 +16,8 @@ inline QRLayout make_qr_layout(at::TensorList weights, int64_t op, at::IntArrayR
                                at::IntArrayRef moduli, at::IntArrayRef row_starts,
                                at::IntArrayRef out_cols, int64_t id_offset, int64_t out_dim) {
   const int64_t k = static_cast<int64_t>(weights.size());
-  TORCH_CHECK(k >= 1 && k <= kMaxPartitions, "qr bag: 1 to ", kMaxPartitions,
-              " partitions, got ", k);
+  TORCH_CHECK(k >= 1 && k <= kMaxPartitions, "qr bag: 1 to ", kMaxPartitions, " partitions, got ",
+              k);
   TORCH_CHECK(static_cast<int64_t>(divisors.size()) == k &&
                   static_cast<int64_t>(moduli.size()) == k &&
                   static_cast<int64_t>(row_starts.size()) == k &&
@@ -46,14 +46,15 @@ inline QRLayout make_qr_layout(at::TensorList weights, int64_t op, at::IntArrayR
     L.inv_div[p] = 1.0 / static_cast<double>(divisors[p]);
     L.inv_mod[p] = moduli[p] > 0 ? 1.0 / static_cast<double>(moduli[p]) : 0.0;
     if (op == kConcat) {
-      TORCH_CHECK(out_cols[p] >= 0 && out_cols[p] + w.size(1) <= out_dim,
-                  "qr bag: partition ", p, " columns fall outside the output");
+      TORCH_CHECK(out_cols[p] >= 0 && out_cols[p] + w.size(1) <= out_dim, "qr bag: partition ", p,
+                  " columns fall outside the output");
     } else {
       TORCH_CHECK(w.size(1) == out_dim && out_cols[p] == 0,
                   "qr bag: mult/add partitions must all have out_dim columns");
     }
   }
-  TORCH_CHECK(at::isFloatingType(weights[0].scalar_type()), "qr bag: weights must be floating point");
+  TORCH_CHECK(at::isFloatingType(weights[0].scalar_type()),
+              "qr bag: weights must be floating point");
   return L;
 }
 
@@ -104,10 +105,11 @@ inline std::vector<QRTable> qr_batch_tables(at::TensorList weights, const at::Te
   int64_t at = 0, piece = 0;
   for (int64_t t = 0; t < T; ++t) {
     const int64_t k = at < n_ints ? layouts[at] : 0;
-    TORCH_CHECK(k >= 1 && k <= kMaxPartitions && at + qr_layout_ints(k) <= n_ints &&
-                    piece + k <= n_weights,
-                "qr bag: the layouts and weights do not describe ", T, " tables");
-    TORCH_CHECK(poolings[t] == 0 || poolings[t] == 1, "qr bag: pooling must be 0 (sum) or 1 (mean)");
+    TORCH_CHECK(
+        k >= 1 && k <= kMaxPartitions && at + qr_layout_ints(k) <= n_ints && piece + k <= n_weights,
+        "qr bag: the layouts and weights do not describe ", T, " tables");
+    TORCH_CHECK(poolings[t] == 0 || poolings[t] == 1,
+                "qr bag: pooling must be 0 (sum) or 1 (mean)");
     const int64_t* v = layouts.data() + at + 4;
     auto part = [&](int64_t i) { return at::IntArrayRef(v + i * k, static_cast<size_t>(k)); };
     const QRLayout L = make_qr_layout(weights.slice(piece, k), layouts[at + 1], part(0), part(1),
@@ -125,7 +127,8 @@ inline std::vector<QRTable> qr_batch_tables(at::TensorList weights, const at::Te
 }
 
 // Per-table output gradients, checked against the tables' bags and made contiguous.
-inline std::vector<at::Tensor> qr_batch_grads(at::TensorList grads, const std::vector<QRTable>& tables,
+inline std::vector<at::Tensor> qr_batch_grads(at::TensorList grads,
+                                              const std::vector<QRTable>& tables,
                                               at::ScalarType dtype) {
   TORCH_CHECK(grads.size() == tables.size(), "qr_bags_backward: one grad_output per table");
   std::vector<at::Tensor> out;

@@ -26,8 +26,14 @@ TRX_HD int64_t div_floor(int64_t x, int64_t d, double inv) {
   if (x >= (int64_t(1) << 53)) return x / d;
   int64_t q = static_cast<int64_t>(static_cast<double>(x) * inv);
   int64_t r = x - q * d;
-  while (r < 0) { --q; r += d; }
-  while (r >= d) { ++q; r -= d; }
+  while (r < 0) {
+    --q;
+    r += d;
+  }
+  while (r >= d) {
+    ++q;
+    r -= d;
+  }
   return q;
 }
 

@@ -3,8 +3,8 @@
 from torchrec_ext.sharding import dynamic  # noqa: F401  (registers the dynamic tables' shard form)
 from torchrec_ext.sharding.dynamic.sharded import ShardedDynamicEmbeddingBagCollection
 from torchrec_ext.sharding.planner import make_planner, planned_bytes
-from torchrec_ext.sharding.sharded_collection import ShardedExtEmbeddingBagCollection
 from torchrec_ext.sharding.shard_forms import ShardForm, register_shard_form
+from torchrec_ext.sharding.sharded_collection import ShardedExtEmbeddingBagCollection
 from torchrec_ext.sharding.sharders import (
     DynamicEmbeddingBagCollectionSharder,
     ExtEmbeddingBagCollectionSharder,

@@ -156,7 +156,24 @@ def make_planner(
     constraints: Optional[Dict[str, ParameterConstraints]] = None,
     **kwargs,
 ) -> EmbeddingShardingPlanner:
-    """An `EmbeddingShardingPlanner` whose estimators and enumerator know torchrec_ext tables."""
+    """An `EmbeddingShardingPlanner` whose estimators and enumerator know torchrec_ext tables.
+
+    Args:
+        topology: TorchRec's `Topology` (world size, compute device, memory).
+        batch_size: the per-rank batch the plan is costed for.
+        constraints: TorchRec's `ParameterConstraints` per table name (sharding types,
+            kernels, ...), as for TorchRec's planner.
+        **kwargs: passed on to `EmbeddingShardingPlanner`.
+
+    Returns:
+        The planner; use `plan(module, sharders)` or `collective_plan(module, sharders, pg)`
+        with `get_sharders()`. Options a table's kind cannot hold are dropped (logged at
+        INFO with the reason); a table left with none raises an error naming it.
+
+    Example:
+        >>> from torchrec.distributed.planner import Topology
+        >>> planner = make_planner(Topology(world_size=2, compute_device="cpu"), batch_size=512)
+    """
     estimators = [
         ExtPerfEstimator(topology=topology, constraints=constraints),
         ExtStorageEstimator(topology=topology, constraints=constraints),

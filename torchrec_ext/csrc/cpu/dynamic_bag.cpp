@@ -32,7 +32,10 @@ size_t table_after(const std::vector<DynTable>& tables, int64_t b) {
   size_t lo = 0, hi = tables.size() - 1;
   while (lo < hi) {
     const size_t mid = (lo + hi) / 2;
-    if (tables[mid].bag1 > b) hi = mid; else lo = mid + 1;
+    if (tables[mid].bag1 > b)
+      hi = mid;
+    else
+      lo = mid + 1;
   }
   return lo;
 }
@@ -57,11 +60,10 @@ inline scalar_t* table_row(const std::vector<scalar_t*>& W, const DynTable& d, i
 }
 
 // Pools every table's bags in one parallel pass; one float32 [bags, dim] per table.
-std::vector<at::Tensor> dynamic_bags_forward_cpu(at::TensorList blocks, at::IntArrayRef table_blocks,
-                                                 const at::Tensor& rows_in, const at::Tensor& offsets_in,
-                                                 const std::optional<at::Tensor>& psw_in,
-                                                 at::IntArrayRef table_bags, at::IntArrayRef poolings,
-                                                 at::ArrayRef<double> missing_values) {
+std::vector<at::Tensor> dynamic_bags_forward_cpu(
+    at::TensorList blocks, at::IntArrayRef table_blocks, const at::Tensor& rows_in,
+    const at::Tensor& offsets_in, const std::optional<at::Tensor>& psw_in,
+    at::IntArrayRef table_bags, at::IntArrayRef poolings, at::ArrayRef<double> missing_values) {
   constexpr const char* op = "dynamic_bags_forward";
   const auto tables = dynamic_batch_tables(blocks, table_blocks, rows_in, offsets_in, psw_in,
                                            table_bags, poolings, missing_values, op);
@@ -111,8 +113,8 @@ std::vector<at::Tensor> dynamic_bags_forward_cpu(at::TensorList blocks, at::IntA
 // key unique across the call, so one sort groups the positions of all tables, and
 // each run of equal keys is one touched row.
 struct Grouping {
-  std::vector<int64_t> key0;       // table t's row x has key key0[t] + x
-  std::vector<int32_t> table_of;   // per position (-1: in no table's bags)
+  std::vector<int64_t> key0;      // table t's row x has key key0[t] + x
+  std::vector<int32_t> table_of;  // per position (-1: in no table's bags)
   std::vector<int64_t> bag_of;
   std::vector<float> scale;        // the pooling factor of its bag
   at::Tensor skeys, order;         // keys sorted (-1: no row) and their positions
@@ -144,8 +146,10 @@ Grouping group_positions(const std::vector<DynTable>& tables, const at::Tensor& 
       G.table_of[i] = static_cast<int32_t>(t);
       G.bag_of[i] = b;
       G.scale[i] = sc;
-      if (r[i] >= 0 && r[i] < d.total_rows()) k[i] = G.key0[t] + r[i];
-      else if (r[i] != -1) bad.store(true, std::memory_order_relaxed);
+      if (r[i] >= 0 && r[i] < d.total_rows())
+        k[i] = G.key0[t] + r[i];
+      else if (r[i] != -1)
+        bad.store(true, std::memory_order_relaxed);
     }
   });
   TORCH_CHECK(!bad.load(), op, ": rows must lie in [-1, rows of their table)");
@@ -158,9 +162,9 @@ Grouping group_positions(const std::vector<DynTable>& tables, const at::Tensor& 
   G.starts.push_back(n);
   G.first_run.resize(T + 1);
   for (size_t t = 0; t <= T; ++t) {
-    G.first_run[t] = std::partition_point(G.starts.begin(), G.starts.begin() + U, [&](int64_t s) {
-                       return sk[s] < G.key0[t];
-                     }) - G.starts.begin();
+    G.first_run[t] = std::partition_point(G.starts.begin(), G.starts.begin() + U,
+                                          [&](int64_t s) { return sk[s] < G.key0[t]; }) -
+                     G.starts.begin();
   }
   return G;
 }
@@ -171,7 +175,8 @@ template <typename Fn>
 void for_each_run(const Grouping& G, int64_t scratch, Fn&& fn) {
   at::parallel_for(0, G.runs(), 64, [&](int64_t u0, int64_t u1) {
     std::vector<float> buf(scratch);
-    size_t t = std::upper_bound(G.first_run.begin(), G.first_run.end(), u0) - G.first_run.begin() - 1;
+    size_t t =
+        std::upper_bound(G.first_run.begin(), G.first_run.end(), u0) - G.first_run.begin() - 1;
     for (int64_t u = u0; u < u1; ++u) {
       while (G.first_run[t + 1] <= u) ++t;
       fn(t, u, buf.data());
@@ -202,25 +207,26 @@ at::Tensor psw_grads(const Grouping& G, const std::vector<DynTable>& tables, at:
   at::Tensor gpsw = at::zeros({n}, rows.options().dtype(at::kFloat));
   float* gp = gpsw.data_ptr<float>();
   const int64_t* r = rows.data_ptr<int64_t>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, blocks[0].scalar_type(), "psw_grads", [&] {
-    const auto W = block_ptrs<scalar_t>(blocks);
-    at::parallel_for(0, n, 256, [&](int64_t a, int64_t b) {
-      for (int64_t i = a; i < b; ++i) {
-        const int32_t t = G.table_of[i];
-        if (t < 0) continue;
-        const DynTable& d = tables[t];
-        const float* gb = go[t].data_ptr<float>() + (G.bag_of[i] - d.bag0) * d.dim;
-        float dot = 0.f;
-        if (r[i] < 0) {
-          for (int64_t j = 0; j < d.dim; ++j) dot += gb[j] * d.missing;
-        } else {
-          const scalar_t* row = table_row(W, d, r[i]);
-          for (int64_t j = 0; j < d.dim; ++j) dot += gb[j] * static_cast<float>(row[j]);
-        }
-        gp[i] = dot * G.scale[i];
-      }
-    });
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, blocks[0].scalar_type(), "psw_grads", [&] {
+        const auto W = block_ptrs<scalar_t>(blocks);
+        at::parallel_for(0, n, 256, [&](int64_t a, int64_t b) {
+          for (int64_t i = a; i < b; ++i) {
+            const int32_t t = G.table_of[i];
+            if (t < 0) continue;
+            const DynTable& d = tables[t];
+            const float* gb = go[t].data_ptr<float>() + (G.bag_of[i] - d.bag0) * d.dim;
+            float dot = 0.f;
+            if (r[i] < 0) {
+              for (int64_t j = 0; j < d.dim; ++j) dot += gb[j] * d.missing;
+            } else {
+              const scalar_t* row = table_row(W, d, r[i]);
+              for (int64_t j = 0; j < d.dim; ++j) dot += gb[j] * static_cast<float>(row[j]);
+            }
+            gp[i] = dot * G.scale[i];
+          }
+        });
+      });
   return gpsw;
 }
 
@@ -288,11 +294,11 @@ dynamic_bags_backward_cpu(at::TensorList grad_outputs, at::TensorList blocks,
 // per-sample-weight gradient, taken before the update (or empty).
 at::Tensor dynamic_bags_sgd_cpu(at::TensorList blocks, at::IntArrayRef table_blocks,
                                 at::TensorList grad_outputs, const at::Tensor& rows_in,
-                                const at::Tensor& offsets_in, const std::optional<at::Tensor>& psw_in,
-                                at::IntArrayRef table_bags, at::IntArrayRef poolings,
-                                at::ArrayRef<double> missing_values, at::IntArrayRef real_rows,
-                                at::IntArrayRef mean_by_id, double lr, at::TensorList updated,
-                                at::IntArrayRef steps, bool psw_grad) {
+                                const at::Tensor& offsets_in,
+                                const std::optional<at::Tensor>& psw_in, at::IntArrayRef table_bags,
+                                at::IntArrayRef poolings, at::ArrayRef<double> missing_values,
+                                at::IntArrayRef real_rows, at::IntArrayRef mean_by_id, double lr,
+                                at::TensorList updated, at::IntArrayRef steps, bool psw_grad) {
   constexpr const char* op = "dynamic_bags_sgd_";
   const auto A = backward_args(grad_outputs, blocks, table_blocks, rows_in, offsets_in, psw_in,
                                table_bags, poolings, missing_values, op);
@@ -313,7 +319,8 @@ at::Tensor dynamic_bags_sgd_cpu(at::TensorList blocks, at::IntArrayRef table_blo
       run_grad(G, d, A.go[t].data_ptr<float>(), A.psw_ptr(), u, acc);
       const float step = mean_by_id[t] ? rate / static_cast<float>(G.count(u)) : rate;
       scalar_t* w = table_row(W, d, row);
-      for (int64_t j = 0; j < d.dim; ++j) w[j] = static_cast<scalar_t>(static_cast<float>(w[j]) - step * acc[j]);
+      for (int64_t j = 0; j < d.dim; ++j)
+        w[j] = static_cast<scalar_t>(static_cast<float>(w[j]) - step * acc[j]);
       updated[t].data_ptr<int64_t>()[row] = steps[t];
     });
   });
@@ -329,14 +336,15 @@ at::Tensor block_rows_gather_cpu(at::TensorList blocks, const at::Tensor& rows_i
   float* o = out.data_ptr<float>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, blocks[0].scalar_type(),
                                   "block_rows_gather", [&] {
-    const auto W = block_ptrs<scalar_t>(blocks);
-    at::parallel_for(0, n, 256, [&](int64_t a, int64_t b) {
-      for (int64_t i = a; i < b; ++i) {
-        const scalar_t* row = W[r[i] / bs] + (r[i] % bs) * D;
-        for (int64_t j = 0; j < D; ++j) o[i * D + j] = static_cast<float>(row[j]);
-      }
-    });
-  });
+                                    const auto W = block_ptrs<scalar_t>(blocks);
+                                    at::parallel_for(0, n, 256, [&](int64_t a, int64_t b) {
+                                      for (int64_t i = a; i < b; ++i) {
+                                        const scalar_t* row = W[r[i] / bs] + (r[i] % bs) * D;
+                                        for (int64_t j = 0; j < D; ++j)
+                                          o[i * D + j] = static_cast<float>(row[j]);
+                                      }
+                                    });
+                                  });
   return out;
 }
 
@@ -352,43 +360,43 @@ void block_rows_scatter_cpu(at::TensorList blocks, const at::Tensor& rows_in,
   const int64_t* r = rows.data_ptr<int64_t>();
   const float* v = values.data_ptr<float>();
   const float a = static_cast<float>(alpha);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, blocks[0].scalar_type(),
-                                  "block_rows_scatter_", [&] {
-    const auto W = block_ptrs<scalar_t>(blocks);
-    at::parallel_for(0, n, 256, [&](int64_t s, int64_t e) {
-      for (int64_t i = s; i < e; ++i) {
-        scalar_t* row = W[r[i] / bs] + (r[i] % bs) * D;
-        for (int64_t j = 0; j < D; ++j) {
-          const float x = v[i * D + j];
-          row[j] = static_cast<scalar_t>(accumulate ? static_cast<float>(row[j]) + a * x : x);
-        }
-      }
-    });
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, blocks[0].scalar_type(), "block_rows_scatter_", [&] {
+        const auto W = block_ptrs<scalar_t>(blocks);
+        at::parallel_for(0, n, 256, [&](int64_t s, int64_t e) {
+          for (int64_t i = s; i < e; ++i) {
+            scalar_t* row = W[r[i] / bs] + (r[i] % bs) * D;
+            for (int64_t j = 0; j < D; ++j) {
+              const float x = v[i * D + j];
+              row[j] = static_cast<scalar_t>(accumulate ? static_cast<float>(row[j]) + a * x : x);
+            }
+          }
+        });
+      });
 }
 
 // Initial values of new rows: a function of (key, global column) only.
 void block_rows_init_cpu(at::TensorList blocks, const at::Tensor& rows_in,
-                         const at::Tensor& keys_in, int64_t kind, double a, double b,
-                         int64_t seed, int64_t col_offset) {
+                         const at::Tensor& keys_in, int64_t kind, double a, double b, int64_t seed,
+                         int64_t col_offset) {
   const int64_t bs = check_row_op(blocks, rows_in, "block_rows_init_");
   check_init_keys(keys_in, rows_in);
   const at::Tensor rows = rows_in.contiguous(), keys = keys_in.contiguous();
   const int64_t D = blocks[0].size(1), n = rows.numel();
   const int64_t* r = rows.data_ptr<int64_t>();
   const int64_t* k = keys.data_ptr<int64_t>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, blocks[0].scalar_type(),
-                                  "block_rows_init_", [&] {
-    const auto W = block_ptrs<scalar_t>(blocks);
-    at::parallel_for(0, n, 64, [&](int64_t s, int64_t e) {
-      for (int64_t i = s; i < e; ++i) {
-        scalar_t* row = W[r[i] / bs] + (r[i] % bs) * D;
-        for (int64_t j = 0; j < D; ++j) {
-          row[j] = static_cast<scalar_t>(init_value(kind, a, b, k[i], col_offset + j, seed));
-        }
-      }
-    });
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, blocks[0].scalar_type(), "block_rows_init_", [&] {
+        const auto W = block_ptrs<scalar_t>(blocks);
+        at::parallel_for(0, n, 64, [&](int64_t s, int64_t e) {
+          for (int64_t i = s; i < e; ++i) {
+            scalar_t* row = W[r[i] / bs] + (r[i] % bs) * D;
+            for (int64_t j = 0; j < D; ++j) {
+              row[j] = static_cast<scalar_t>(init_value(kind, a, b, k[i], col_offset + j, seed));
+            }
+          }
+        });
+      });
 }
 
 }  // namespace

@@ -53,9 +53,8 @@ inline int64_t find_slot(const int64_t* sk, int64_t* sr, int64_t mask, int64_t k
 
 // Row of `key`, inserting it with a row from the pool when absent. Returns -1
 // only if the index is full (the caller keeps it at most half full).
-inline int64_t insert_key(int64_t* sk, int64_t* sr, int64_t mask, int64_t key,
-                          const int64_t* pool, int64_t pool_size, int64_t* pool_used,
-                          bool* inserted) {
+inline int64_t insert_key(int64_t* sk, int64_t* sr, int64_t mask, int64_t key, const int64_t* pool,
+                          int64_t pool_size, int64_t* pool_used, bool* inserted) {
   int64_t i = static_cast<int64_t>(key_hash(key)) & mask;
   for (int64_t probes = 0; probes <= mask;) {
     int64_t r = Ref(sr[i]).load(std::memory_order_acquire);
@@ -161,9 +160,11 @@ at::Tensor hash_index_lookup_cpu(at::TensorList slot_keys, at::TensorList slot_r
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> hash_index_insert_cpu(
-    const at::Tensor& slot_keys, const at::Tensor& slot_rows, const at::Tensor& keys_in,
-    const at::Tensor& pool_in, const at::Tensor& pool_used) {
+std::tuple<at::Tensor, at::Tensor> hash_index_insert_cpu(const at::Tensor& slot_keys,
+                                                         const at::Tensor& slot_rows,
+                                                         const at::Tensor& keys_in,
+                                                         const at::Tensor& pool_in,
+                                                         const at::Tensor& pool_used) {
   check_insert_op(slot_keys, slot_rows, keys_in, pool_in, pool_used);
   const at::Tensor keys = keys_in.contiguous();
   const at::Tensor pool = pool_in.contiguous();
@@ -185,7 +186,8 @@ std::tuple<at::Tensor, at::Tensor> hash_index_insert_cpu(
       if (r[n] < 0) full.store(true);
     }
   });
-  TORCH_CHECK(!full.load(), "hash_index_insert_: index or row pool exhausted (caller must grow it)");
+  TORCH_CHECK(!full.load(),
+              "hash_index_insert_: index or row pool exhausted (caller must grow it)");
   return {rows, inserted};
 }
 
@@ -194,7 +196,8 @@ at::Tensor hash_index_erase_cpu(const at::Tensor& slot_keys, const at::Tensor& s
                                 const at::Tensor& keys) {
   return per_key_slot(slot_keys, slot_rows, keys, "hash_index_erase_", [](int64_t& cell) {
     int64_t row = Ref(cell).load(std::memory_order_acquire);
-    while (row >= 0 && !Ref(cell).compare_exchange_weak(row, kSlotErased, std::memory_order_acq_rel)) {
+    while (row >= 0 &&
+           !Ref(cell).compare_exchange_weak(row, kSlotErased, std::memory_order_acq_rel)) {
     }
     return row >= 0 ? row : int64_t(-1);
   });

@@ -53,9 +53,15 @@ struct Addresser {
 #endif
 
   Addresser(const HashedLayout& layout, int64_t dim)
-      : L(layout), D(dim), Z(layout.chunk), C(dim / layout.chunk),
-        first_region(layout.first_region()), per_region(layout.rows_per_region),
-        slots(layout.slots), starts(layout.starts), chunk(layout.chunk),
+      : L(layout),
+        D(dim),
+        Z(layout.chunk),
+        C(dim / layout.chunk),
+        first_region(layout.first_region()),
+        per_region(layout.rows_per_region),
+        slots(layout.slots),
+        starts(layout.starts),
+        chunk(layout.chunk),
         z_pow2((layout.chunk & (layout.chunk - 1)) == 0) {
 #if TRX_VEC_HASH
     constexpr auto kMax = static_cast<int64_t>(DivX8::kMaxDivisor);
@@ -123,7 +129,8 @@ struct Addresser {
 #if TRX_VEC_HASH
   // Element mode: the segments of columns c .. c + 7 of one id (hash h0, region rows
   // from `base`; gcol is column c's global index), the arithmetic 8 lanes wide.
-  __m512i element_addr8(uint64_t h0, int64_t base, int64_t gcol, int64_t c, __mmask8& negative) const {
+  __m512i element_addr8(uint64_t h0, int64_t base, int64_t gcol, int64_t c,
+                        __mmask8& negative) const {
     auto all = [](int64_t v) { return _mm512_set1_epi64(v); };
     const __m512i lane = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
     const __m512i salt = _mm512_add_epi64(
@@ -170,7 +177,8 @@ struct Addresser {
     const __m512i gid = _mm512_add_epi64(_mm512_loadu_si512(ids), all(L.id_offset));
     __m512i region, unused;
     v_region.divmod(gid, region, unused);
-    const __m512i base = _mm512_mullo_epi64(_mm512_sub_epi64(region, all(first_region)), all(L.slots));
+    const __m512i base =
+        _mm512_mullo_epi64(_mm512_sub_epi64(region, all(first_region)), all(L.slots));
     const auto seed_mix = static_cast<uint64_t>(L.seed) * kSeedMul;
     const __m512i h0 = fmix64_x8(_mm512_xor_si512(gid, all(static_cast<int64_t>(seed_mix))));
     const int64_t col0 = L.col_offset / Z;
@@ -191,13 +199,15 @@ struct Addresser {
         v_chunk.divmod(f, slot, col);
       }
       const __m512i band = all(c * Z);
-      _mm512_store_si512(a, _mm512_add_epi64(_mm512_mullo_epi64(_mm512_add_epi64(base, slot), all(D)),
-                                             _mm512_add_epi64(band, col)));
+      _mm512_store_si512(a,
+                         _mm512_add_epi64(_mm512_mullo_epi64(_mm512_add_epi64(base, slot), all(D)),
+                                          _mm512_add_epi64(band, col)));
       _mm512_store_si512(len1, _mm512_sub_epi64(all(Z), col));
       __m512i next = _mm512_add_epi64(slot, all(1));
       next = _mm512_mask_mov_epi64(next, _mm512_cmpeq_epi64_mask(next, all(L.slots)),
                                    _mm512_setzero_si512());
-      _mm512_store_si512(b, _mm512_add_epi64(_mm512_mullo_epi64(_mm512_add_epi64(base, next), all(D)), band));
+      _mm512_store_si512(
+          b, _mm512_add_epi64(_mm512_mullo_epi64(_mm512_add_epi64(base, next), all(D)), band));
       for (int k = 0; k < 8; ++k) {
         Segment& sg = seg[k * C + c];
         sg.a = a[k];
@@ -248,7 +258,7 @@ struct Addresser {
 struct Positions {
   uint64_t* at = nullptr;
   int64_t stride = 0;
-  int64_t numel = 0;           // elements of the table's buffer (what unpack checks against)
+  int64_t numel = 0;                 // elements of the table's buffer (what unpack checks against)
   std::atomic<bool>* bad = nullptr;  // set when a word is not a block of the buffer
 };
 
@@ -268,7 +278,8 @@ inline void windowed(const Addresser& A, const scalar_t* w, const int64_t* idx, 
     if (from.at) {
       for (; i < w1; ++i) {
         for (int64_t c = 0; c < C; ++c) {
-          if (!A.unpack(from.at[i * from.stride + c], w, from.numel, &win[(i - w0) * C + c])) *from.bad = true;
+          if (!A.unpack(from.at[i * from.stride + c], w, from.numel, &win[(i - w0) * C + c]))
+            *from.bad = true;
         }
       }
     }
@@ -280,7 +291,8 @@ inline void windowed(const Addresser& A, const scalar_t* w, const int64_t* idx, 
     for (; i < w1; ++i) A.locate(idx[i], 0, C, w, &win[(i - w0) * C]);
     if (keep.at) {
       for (int64_t j = w0; j < w1; ++j) {
-        for (int64_t c = 0; c < C; ++c) keep.at[j * keep.stride + c] = Addresser::pack(win[(j - w0) * C + c]);
+        for (int64_t c = 0; c < C; ++c)
+          keep.at[j * keep.stride + c] = Addresser::pack(win[(j - w0) * C + c]);
       }
     }
     for (int64_t i = w0; i < w1; ++i) visit(i, &win[(i - w0) * C]);
@@ -291,8 +303,8 @@ inline void windowed(const Addresser& A, const scalar_t* w, const int64_t* idx, 
 // [b0, b1) whose column regions [c_lo, c_hi) of its row region are units in [u0, u1);
 // scale is alpha, over the bag's size for MEAN.
 template <typename Fn>
-inline void ids_in_units(const Addresser& A, const int64_t* idx, const int64_t* off, int64_t b0, int64_t b1,
-                         bool mean, int64_t u0, int64_t u1, double alpha, Fn&& fn) {
+inline void ids_in_units(const Addresser& A, const int64_t* idx, const int64_t* off, int64_t b0,
+                         int64_t b1, bool mean, int64_t u0, int64_t u1, double alpha, Fn&& fn) {
   const int64_t C = A.C;
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t s = off[b], e = off[b + 1];
@@ -300,7 +312,8 @@ inline void ids_in_units(const Addresser& A, const int64_t* idx, const int64_t* 
     const double scale = alpha * (mean ? 1.0 / static_cast<double>(e - s) : 1.0);
     for (int64_t i = s; i < e; ++i) {
       const int64_t r = A.region(idx[i]);
-      const int64_t c_lo = std::max<int64_t>(u0 - r * C, 0), c_hi = std::min<int64_t>(u1 - r * C, C);
+      const int64_t c_lo = std::max<int64_t>(u0 - r * C, 0),
+                    c_hi = std::min<int64_t>(u1 - r * C, C);
       if (c_lo < c_hi) fn(b, i, scale, c_lo, c_hi);
     }
   }

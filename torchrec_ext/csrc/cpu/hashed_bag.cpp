@@ -39,9 +39,9 @@ using namespace hashed_cpu;
 
 // Bags [b0, b1) of one table (ids off[b0] .. off[b1]); bag b's row is out[b * D].
 template <typename scalar_t>
-void forward_range(const scalar_t* w, const Addresser& A, const int64_t* idx,
-                   const int64_t* off, const float* psw, int64_t b0, int64_t b1, bool mean,
-                   Positions keep, scalar_t* out) {
+void forward_range(const scalar_t* w, const Addresser& A, const int64_t* idx, const int64_t* off,
+                   const float* psw, int64_t b0, int64_t b1, bool mean, Positions keep,
+                   scalar_t* out) {
   using acc_t = acc_type<scalar_t>;
   const int64_t D = A.D, Z = A.Z, C = A.C;
 #if TRX_VEC_HASH
@@ -62,7 +62,7 @@ void forward_range(const scalar_t* w, const Addresser& A, const int64_t* idx,
     std::fill(acc.begin(), acc.end(), acc_t(0));
   };
   auto enter = [&](int64_t i) {  // id i's weight, after writing the bags the walk passed
-    while (i >= bag_end) {  // bags in order; empty ones are written as the walk passes them
+    while (i >= bag_end) {       // bags in order; empty ones are written as the walk passes them
       if (b >= b0) finish(b);
       ++b;
       bag_end = off[b + 1];
@@ -72,7 +72,8 @@ void forward_range(const scalar_t* w, const Addresser& A, const int64_t* idx,
   auto add_segments = [&](int64_t i, const Segment* seg) {
     const acc_t pw = enter(i);
     if (A.L.mode == 0) {
-      for (int64_t j = 0; j < D; ++j) acc[j] += pw * static_cast<acc_t>(seg[j].sign) * static_cast<acc_t>(w[seg[j].a]);
+      for (int64_t j = 0; j < D; ++j)
+        acc[j] += pw * static_cast<acc_t>(seg[j].sign) * static_cast<acc_t>(w[seg[j].a]);
     } else {
       for (int64_t c = 0; c < C; ++c) {
         const acc_t s = pw * static_cast<acc_t>(seg[c].sign);
@@ -99,9 +100,9 @@ void forward_range(const scalar_t* w, const Addresser& A, const int64_t* idx,
 // [b0, b1) and applies the ids that fall in those units. Bag b's gradient row is
 // go[b * D]. The segments come from the positions cache `from` when it holds one.
 template <typename scalar_t>
-void backward_range(const scalar_t* go, const Addresser& A, const int64_t* idx,
-                    const int64_t* off, const float* psw, int64_t b0, int64_t b1, bool mean,
-                    int64_t u0, int64_t u1, double alpha, Positions from, scalar_t* dst) {
+void backward_range(const scalar_t* go, const Addresser& A, const int64_t* idx, const int64_t* off,
+                    const float* psw, int64_t b0, int64_t b1, bool mean, int64_t u0, int64_t u1,
+                    double alpha, Positions from, scalar_t* dst) {
   using acc_t = acc_type<scalar_t>;
   const int64_t D = A.D, Z = A.Z, C = A.C;
 #if TRX_VEC_HASH
@@ -140,29 +141,30 @@ void backward_range(const scalar_t* go, const Addresser& A, const int64_t* idx,
   std::vector<Segment> seg(C);
   ids_in_units(A, idx, off, b0, b1, mean, u0, u1, alpha,
                [&](int64_t b, int64_t i, double scale, int64_t c_lo, int64_t c_hi) {
-    const double pw = scale * (psw ? psw[i] : 1.0);
-    if (from.at) {
-      for (int64_t c = c_lo; c < c_hi; ++c) {
-        if (!A.unpack(from.at[i * from.stride + c], dst, from.numel, &seg[c - c_lo])) *from.bad = true;
-      }
-    } else {
-      A.locate(idx[i], c_lo, c_hi, dst, seg.data());
-    }
-    for (int64_t c = c_lo; c < c_hi; ++c) {
-      const Segment& sc = seg[c - c_lo];
-      if (sc.sign == 0.0) continue;  // a word unpack refused: nothing is written
-      jobs.push_back({sc, go + b * D + c * Z, static_cast<acc_t>(pw * sc.sign)});
-    }
-    if (static_cast<int64_t>(jobs.size()) >= kWindowSegments) flush();
-  });
+                 const double pw = scale * (psw ? psw[i] : 1.0);
+                 if (from.at) {
+                   for (int64_t c = c_lo; c < c_hi; ++c) {
+                     if (!A.unpack(from.at[i * from.stride + c], dst, from.numel, &seg[c - c_lo]))
+                       *from.bad = true;
+                   }
+                 } else {
+                   A.locate(idx[i], c_lo, c_hi, dst, seg.data());
+                 }
+                 for (int64_t c = c_lo; c < c_hi; ++c) {
+                   const Segment& sc = seg[c - c_lo];
+                   if (sc.sign == 0.0) continue;  // a word unpack refused: nothing is written
+                   jobs.push_back({sc, go + b * D + c * Z, static_cast<acc_t>(pw * sc.sign)});
+                 }
+                 if (static_cast<int64_t>(jobs.size()) >= kWindowSegments) flush();
+               });
   flush();
 }
 
 // d(out[b]) / d(psw[i]) = scale * <grad_out[b], virtual row of id i>, bags [b0, b1).
 template <typename scalar_t>
-void psw_grad_range(const scalar_t* go, const scalar_t* w, const Addresser& A,
-                    const int64_t* idx, const int64_t* off, int64_t b0, int64_t b1, bool mean,
-                    Positions from, float* gpsw) {
+void psw_grad_range(const scalar_t* go, const scalar_t* w, const Addresser& A, const int64_t* idx,
+                    const int64_t* off, int64_t b0, int64_t b1, bool mean, Positions from,
+                    float* gpsw) {
   const int64_t D = A.D, Z = A.Z, C = A.C;
   std::vector<Segment> win;
   int64_t b = b0;
@@ -178,8 +180,10 @@ void psw_grad_range(const scalar_t* go, const scalar_t* w, const Addresser& A,
       for (int64_t c = 0; c < C; ++c) {
         double part = 0.0;
         const int64_t n1 = seg[c].len1;
-        for (int64_t t = 0; t < n1; ++t) part += static_cast<double>(w[seg[c].a + t]) * g[c * Z + t];
-        for (int64_t t = n1; t < Z; ++t) part += static_cast<double>(w[seg[c].b + t - n1]) * g[c * Z + t];
+        for (int64_t t = 0; t < n1; ++t)
+          part += static_cast<double>(w[seg[c].a + t]) * g[c * Z + t];
+        for (int64_t t = n1; t < Z; ++t)
+          part += static_cast<double>(w[seg[c].b + t - n1]) * g[c * Z + t];
         dot += seg[c].sign * part;
       }
     }
@@ -214,8 +218,8 @@ std::vector<Table> tables_of(const at::TensorList weights, const at::Tensor& ind
                              const at::Tensor& offsets, const std::optional<at::Tensor>& psw,
                              at::IntArrayRef table_bags, at::IntArrayRef poolings,
                              at::IntArrayRef layouts) {
-  const auto layout = hashed_batch_layouts(weights, indices, offsets, psw, table_bags, poolings,
-                                           layouts);
+  const auto layout =
+      hashed_batch_layouts(weights, indices, offsets, psw, table_bags, poolings, layouts);
   check_offsets_data(offsets, indices.numel(), "hashed bag");
   const int64_t* off = offsets.data_ptr<int64_t>();
   std::vector<Table> tables;
@@ -239,7 +243,8 @@ void table_by_table(size_t num_tables, Count&& count, int64_t grain, Fn&& fn) {
   at::parallel_for(0, threads, 1, [&](int64_t k0, int64_t k1) {
     for (size_t t = 0; t < num_tables; ++t) {
       const int64_t n = count(t);
-      const int64_t parts = std::max<int64_t>(1, std::min(threads, n / std::max<int64_t>(grain, 1)));
+      const int64_t parts =
+          std::max<int64_t>(1, std::min(threads, n / std::max<int64_t>(grain, 1)));
       for (int64_t k = k0; k < k1 && k < parts; ++k) {
         const int64_t lo = n * k / parts, hi = n * (k + 1) / parts;
         if (lo < hi) fn(t, lo, hi);
@@ -264,8 +269,9 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> forward_into(
   if (keep) {
     const int64_t cols = hashed_position_columns(weights, layouts);
     // Every row filled: each id belongs to a block table of `cols` blocks per id.
-    bool full = tables.empty() ? idx.numel() == 0
-                               : op[tables.front().bag0] == 0 && op[tables.back().bag1] == idx.numel();
+    bool full = tables.empty()
+                    ? idx.numel() == 0
+                    : op[tables.front().bag0] == 0 && op[tables.back().bag1] == idx.numel();
     for (const Table& T : tables) full = full && T.A.L.mode == 1 && T.A.C == cols;
     const auto opts = idx.options().dtype(at::kLong);
     positions = full ? at::empty({idx.numel(), cols}, opts) : at::zeros({idx.numel(), cols}, opts);
@@ -280,22 +286,25 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> forward_into(
   if (!tables.empty()) {
     AT_DISPATCH_FLOATING_TYPES(w[0].scalar_type(), "hashed_bags_forward_cpu", [&] {
       // One parallel region for the bags of every table.
-      table_by_table(tables.size(), [&](size_t t) { return tables[t].bag1 - tables[t].bag0; }, 64,
-                     [&](size_t t, int64_t lo, int64_t hi) {
-        const Table& T = tables[t];
-        forward_range<scalar_t>(w[t].data_ptr<scalar_t>(), T.A, ip, op, pp, T.bag0 + lo, T.bag0 + hi,
-                                T.mean, positions_of(T, positions, kept, nullptr),
-                                out[t].data_ptr<scalar_t>() - T.bag0 * T.A.D);
-      });
+      table_by_table(
+          tables.size(), [&](size_t t) { return tables[t].bag1 - tables[t].bag0; }, 64,
+          [&](size_t t, int64_t lo, int64_t hi) {
+            const Table& T = tables[t];
+            forward_range<scalar_t>(w[t].data_ptr<scalar_t>(), T.A, ip, op, pp, T.bag0 + lo,
+                                    T.bag0 + hi, T.mean, positions_of(T, positions, kept, nullptr),
+                                    out[t].data_ptr<scalar_t>() - T.bag0 * T.A.D);
+          });
     });
   }
   return {out, positions ? *positions : at::Tensor()};
 }
 
-std::vector<at::Tensor> hashed_bags_forward_cpu(
-    const at::TensorList weights, const at::Tensor& indices, const at::Tensor& offsets,
-    const std::optional<at::Tensor>& per_sample_weights, at::IntArrayRef table_bags,
-    at::IntArrayRef poolings, at::IntArrayRef layouts) {
+std::vector<at::Tensor> hashed_bags_forward_cpu(const at::TensorList weights,
+                                                const at::Tensor& indices,
+                                                const at::Tensor& offsets,
+                                                const std::optional<at::Tensor>& per_sample_weights,
+                                                at::IntArrayRef table_bags,
+                                                at::IntArrayRef poolings, at::IntArrayRef layouts) {
   return std::get<0>(forward_into(weights, indices, offsets, per_sample_weights, table_bags,
                                   poolings, layouts, false));
 }
@@ -315,7 +324,8 @@ at::Tensor backward_into(const at::TensorList grad_outputs, const at::TensorList
                          const std::optional<at::Tensor>& per_sample_weights,
                          at::IntArrayRef table_bags, at::IntArrayRef poolings,
                          at::IntArrayRef layouts, const std::optional<at::Tensor>& positions,
-                         bool psw_grad, double alpha, std::vector<at::Tensor>& dst, const char* op) {
+                         bool psw_grad, double alpha, std::vector<at::Tensor>& dst,
+                         const char* op) {
   auto idx = indices.contiguous();
   auto off = offsets.contiguous();
   auto psw = float_weights(per_sample_weights);
@@ -330,41 +340,48 @@ at::Tensor backward_into(const at::TensorList grad_outputs, const at::TensorList
   const int64_t* offp = off.data_ptr<int64_t>();
   const float* pp = psw ? psw->data_ptr<float>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(weights[0].scalar_type(), "hashed_bags_backward_cpu", [&] {
-    auto grad_of = [&](size_t t) { return go[t].data_ptr<scalar_t>() - tables[t].bag0 * tables[t].A.D; };
+    auto grad_of = [&](size_t t) {
+      return go[t].data_ptr<scalar_t>() - tables[t].bag0 * tables[t].A.D;
+    };
     if (psw_grad) {
       std::vector<at::Tensor> w;
       for (const auto& x : weights) w.push_back(x.contiguous());
-      table_by_table(tables.size(), [&](size_t t) { return tables[t].bag1 - tables[t].bag0; }, 64,
-                     [&](size_t t, int64_t lo, int64_t hi) {
-        const Table& T = tables[t];
-        psw_grad_range<scalar_t>(grad_of(t), w[t].data_ptr<scalar_t>(), T.A, ip, offp, T.bag0 + lo,
-                                 T.bag0 + hi, T.mean, positions_of(T, positions, kept, &bad),
-                                 gpsw.data_ptr<float>());
-      });
+      table_by_table(
+          tables.size(), [&](size_t t) { return tables[t].bag1 - tables[t].bag0; }, 64,
+          [&](size_t t, int64_t lo, int64_t hi) {
+            const Table& T = tables[t];
+            psw_grad_range<scalar_t>(
+                grad_of(t), w[t].data_ptr<scalar_t>(), T.A, ip, offp, T.bag0 + lo, T.bag0 + hi,
+                T.mean, positions_of(T, positions, kept, &bad), gpsw.data_ptr<float>());
+          });
     }
     // One parallel region for the units of every table; a thread owns its units.
-    table_by_table(tables.size(), [&](size_t t) { return tables[t].units; }, 1,
-                   [&](size_t t, int64_t lo, int64_t hi) {
-      const Table& T = tables[t];
-      backward_range<scalar_t>(grad_of(t), T.A, ip, offp, pp, T.bag0, T.bag1, T.mean, lo, hi, alpha,
-                               positions_of(T, positions, kept, &bad), dst[t].data_ptr<scalar_t>());
-    });
+    table_by_table(
+        tables.size(), [&](size_t t) { return tables[t].units; }, 1,
+        [&](size_t t, int64_t lo, int64_t hi) {
+          const Table& T = tables[t];
+          backward_range<scalar_t>(grad_of(t), T.A, ip, offp, pp, T.bag0, T.bag1, T.mean, lo, hi,
+                                   alpha, positions_of(T, positions, kept, &bad),
+                                   dst[t].data_ptr<scalar_t>());
+        });
   });
-  TORCH_CHECK(!bad, op, ": positions hold blocks outside the buffers; they must come from "
-              "hashed_bags_forward_keep of the same ids and tables (the blocks inside were applied)");
+  TORCH_CHECK(
+      !bad, op,
+      ": positions hold blocks outside the buffers; they must come from "
+      "hashed_bags_forward_keep of the same ids and tables (the blocks inside were applied)");
   return gpsw;
 }
 
 std::tuple<std::vector<at::Tensor>, at::Tensor> hashed_bags_backward_cpu(
     const at::TensorList grad_outputs, const at::TensorList weights, const at::Tensor& indices,
     const at::Tensor& offsets, const std::optional<at::Tensor>& per_sample_weights,
-    at::IntArrayRef table_bags, at::IntArrayRef poolings, at::IntArrayRef layouts,
-    bool psw_grad, const std::optional<at::Tensor>& positions) {
+    at::IntArrayRef table_bags, at::IntArrayRef poolings, at::IntArrayRef layouts, bool psw_grad,
+    const std::optional<at::Tensor>& positions) {
   std::vector<at::Tensor> gw;
   for (const auto& w : weights) gw.push_back(at::zeros(w.sizes(), w.options()));
-  auto gpsw = backward_into(grad_outputs, weights, indices, offsets, per_sample_weights,
-                            table_bags, poolings, layouts, positions, psw_grad, 1.0, gw,
-                            "hashed_bags_backward");
+  auto gpsw =
+      backward_into(grad_outputs, weights, indices, offsets, per_sample_weights, table_bags,
+                    poolings, layouts, positions, psw_grad, 1.0, gw, "hashed_bags_backward");
   return {gw, gpsw};
 }
 
@@ -378,7 +395,6 @@ at::Tensor hashed_bags_sgd_cpu(at::TensorList weights, const at::TensorList grad
   return backward_into(grad_outputs, weights, indices, offsets, per_sample_weights, table_bags,
                        poolings, layouts, positions, psw_grad, -lr, dst, "hashed_bags_sgd_");
 }
-
 
 }  // namespace
 

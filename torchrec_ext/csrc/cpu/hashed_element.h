@@ -22,7 +22,8 @@ inline void elements_windowed(const Addresser& A, const float* w, const int64_t*
   std::vector<__mmask8> neg(per * G);
   for (int64_t w0 = i0; w0 < i1; w0 += per) {
     const int64_t w1 = std::min(i1, w0 + per);
-    for (int64_t i = w0; i < w1; ++i) A.element_addresses(idx[i], 0, G, w, &addr[(i - w0) * D], &neg[(i - w0) * G]);
+    for (int64_t i = w0; i < w1; ++i)
+      A.element_addresses(idx[i], 0, G, w, &addr[(i - w0) * D], &neg[(i - w0) * G]);
     for (int64_t i = w0; i < w1; ++i) visit(i, &addr[(i - w0) * D], &neg[(i - w0) * G]);
   }
 }
@@ -84,8 +85,9 @@ constexpr double kMostDistinct = 0.5;
 // forward_range for element mode, fp32, D a multiple of 8. With few distinct ids, their
 // rows are gathered once, with their signs, into a dense scratch (D floats per id) and
 // each bag sums its ids' scratch rows; else every position is gathered into its bag.
-inline void forward_elements(const float* w, const Addresser& A, const int64_t* idx, const int64_t* off,
-                             const float* psw, int64_t b0, int64_t b1, bool mean, float* out) {
+inline void forward_elements(const float* w, const Addresser& A, const int64_t* idx,
+                             const int64_t* off, const float* psw, int64_t b0, int64_t b1,
+                             bool mean, float* out) {
   const int64_t D = A.D, G = D / 8, i0 = off[b0], n = off[b1] - i0;
   thread_local DistinctIds distinct;
   thread_local std::vector<float> rows;
@@ -97,19 +99,23 @@ inline void forward_elements(const float* w, const Addresser& A, const int64_t* 
   };
   if (distinct.size() > kMostDistinct * n) {
     int64_t b = b0;
-    elements_windowed(A, w, idx, i0, off[b1], [&](int64_t i, const int64_t* addr, const __mmask8* neg) {
-      while (i >= off[b + 1]) ++b;
-      const __m256 pw = _mm256_set1_ps(psw ? psw[i] : 1.0f);
-      float* o = out + b * D;
-      for (int64_t g = 0; g < G; ++g) {
-        _mm256_storeu_ps(o + 8 * g, _mm256_fmadd_ps(pw, gather(addr, neg, g), _mm256_loadu_ps(o + 8 * g)));
-      }
-    });
+    elements_windowed(
+        A, w, idx, i0, off[b1], [&](int64_t i, const int64_t* addr, const __mmask8* neg) {
+          while (i >= off[b + 1]) ++b;
+          const __m256 pw = _mm256_set1_ps(psw ? psw[i] : 1.0f);
+          float* o = out + b * D;
+          for (int64_t g = 0; g < G; ++g) {
+            _mm256_storeu_ps(o + 8 * g,
+                             _mm256_fmadd_ps(pw, gather(addr, neg, g), _mm256_loadu_ps(o + 8 * g)));
+          }
+        });
   } else {
     rows.resize(distinct.size() * D);
-    elements_windowed(A, w, distinct.ids(), 0, distinct.size(), [&](int64_t u, const int64_t* addr, const __mmask8* neg) {
-      for (int64_t g = 0; g < G; ++g) _mm256_storeu_ps(&rows[u * D + 8 * g], gather(addr, neg, g));
-    });
+    elements_windowed(A, w, distinct.ids(), 0, distinct.size(),
+                      [&](int64_t u, const int64_t* addr, const __mmask8* neg) {
+                        for (int64_t g = 0; g < G; ++g)
+                          _mm256_storeu_ps(&rows[u * D + 8 * g], gather(addr, neg, g));
+                      });
     for (int64_t b = b0; b < b1; ++b) {
       float* o = out + b * D;
       for (int64_t i = off[b]; i < off[b + 1]; ++i) {
@@ -130,8 +136,8 @@ inline void forward_elements(const float* w, const Addresser& A, const int64_t* 
 // dst's elements at addr[8g .. 8g + 7] (columns 8g ..) += v, negated in the lanes of
 // `neg`, in the columns [c_lo, c_hi) only: a gather, an add and a masked scatter (the 8
 // lanes are 8 different columns, so never the same element).
-inline void add_columns8(float* dst, const int64_t* addr, __mmask8 neg, __m256 v, int64_t g, int64_t c_lo,
-                         int64_t c_hi) {
+inline void add_columns8(float* dst, const int64_t* addr, __mmask8 neg, __m256 v, int64_t g,
+                         int64_t c_lo, int64_t c_hi) {
   const __m256i col = _mm256_add_epi32(_mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0),
                                        _mm256_set1_epi32(static_cast<int>(8 * g)));
   const __mmask8 mask = _mm256_cmpge_epi32_mask(col, _mm256_set1_epi32(static_cast<int>(c_lo))) &
@@ -146,10 +152,11 @@ inline void add_columns8(float* dst, const int64_t* addr, __mmask8 neg, __m256 v
 // distinct id's gradient (its columns in units [u0, u1)) is summed densely first, then
 // its elements are read, added to and written back once; else each position's gradient
 // is added to its elements in windows.
-inline void backward_elements(const float* go, const Addresser& A, const int64_t* idx, const int64_t* off,
-                              const float* psw, int64_t b0, int64_t b1, bool mean, int64_t u0, int64_t u1,
-                              double alpha, float* dst) {
-  const int64_t D = A.D, G = D / 8, per = std::max<int64_t>(1, kWindowSegments / D), n = off[b1] - off[b0];
+inline void backward_elements(const float* go, const Addresser& A, const int64_t* idx,
+                              const int64_t* off, const float* psw, int64_t b0, int64_t b1,
+                              bool mean, int64_t u0, int64_t u1, double alpha, float* dst) {
+  const int64_t D = A.D, G = D / 8, per = std::max<int64_t>(1, kWindowSegments / D),
+                n = off[b1] - off[b0];
   thread_local DistinctIds distinct;
   distinct.index(idx + off[b0], n);
   std::vector<int64_t> addr(per * D);
@@ -167,35 +174,39 @@ inline void backward_elements(const float* go, const Addresser& A, const int64_t
         const Item& it = items[k];
         const __m256 coef = _mm256_set1_ps(it.coef);
         for (int64_t g = it.c_lo / 8; g * 8 < it.c_hi; ++g) {
-          add_columns8(dst, &addr[k * D], neg[k * G + g], _mm256_mul_ps(coef, _mm256_loadu_ps(it.g + 8 * g)), g,
-                       it.c_lo, it.c_hi);
+          add_columns8(dst, &addr[k * D], neg[k * G + g],
+                       _mm256_mul_ps(coef, _mm256_loadu_ps(it.g + 8 * g)), g, it.c_lo, it.c_hi);
         }
       }
       items.clear();
     };
     ids_in_units(A, idx, off, b0, b1, mean, u0, u1, alpha,
                  [&](int64_t b, int64_t i, double scale, int64_t c_lo, int64_t c_hi) {
-      const int64_t k = static_cast<int64_t>(items.size());
-      A.element_addresses(idx[i], c_lo / 8, (c_hi + 7) / 8, dst, &addr[k * D], &neg[k * G]);
-      items.push_back({go + b * D, static_cast<float>(scale * (psw ? psw[i] : 1.0)), c_lo, c_hi});
-      if (static_cast<int64_t>(items.size()) == per) flush();
-    });
+                   const int64_t k = static_cast<int64_t>(items.size());
+                   A.element_addresses(idx[i], c_lo / 8, (c_hi + 7) / 8, dst, &addr[k * D],
+                                       &neg[k * G]);
+                   items.push_back(
+                       {go + b * D, static_cast<float>(scale * (psw ? psw[i] : 1.0)), c_lo, c_hi});
+                   if (static_cast<int64_t>(items.size()) == per) flush();
+                 });
     flush();
     return;
   }
-  thread_local std::vector<float> sums;                         // D per distinct id
+  thread_local std::vector<float> sums;                        // D per distinct id
   thread_local std::vector<std::pair<int64_t, int64_t>> cols;  // its columns in these units
   sums.assign(distinct.size() * D, 0.0f);
   cols.assign(distinct.size(), {0, 0});  // (0, 0): not in these units
   ids_in_units(A, idx, off, b0, b1, mean, u0, u1, alpha,
                [&](int64_t b, int64_t i, double scale, int64_t c_lo, int64_t c_hi) {
-    const int64_t u = distinct.which(i - off[b0]);
-    cols[u] = {c_lo, c_hi};  // an id's region, so its columns here, is the same at every position
-    const float coef = static_cast<float>(scale * (psw ? psw[i] : 1.0));
-    float* sum = &sums[u * D];
-    const float* g = go + b * D;
-    for (int64_t j = c_lo; j < c_hi; ++j) sum[j] += coef * g[j];
-  });
+                 const int64_t u = distinct.which(i - off[b0]);
+                 cols[u] = {
+                     c_lo,
+                     c_hi};  // an id's region, so its columns here, is the same at every position
+                 const float coef = static_cast<float>(scale * (psw ? psw[i] : 1.0));
+                 float* sum = &sums[u * D];
+                 const float* g = go + b * D;
+                 for (int64_t j = c_lo; j < c_hi; ++j) sum[j] += coef * g[j];
+               });
   for (int64_t w0 = 0; w0 < distinct.size(); w0 += per) {
     const int64_t w1 = std::min(distinct.size(), w0 + per);
     for (int64_t u = w0; u < w1; ++u) {
@@ -205,8 +216,8 @@ inline void backward_elements(const float* go, const Addresser& A, const int64_t
     for (int64_t u = w0; u < w1; ++u) {
       const auto [c_lo, c_hi] = cols[u];
       for (int64_t g = c_lo / 8; g * 8 < c_hi; ++g) {
-        add_columns8(dst, &addr[(u - w0) * D], neg[(u - w0) * G + g], _mm256_loadu_ps(&sums[u * D + 8 * g]), g,
-                     c_lo, c_hi);
+        add_columns8(dst, &addr[(u - w0) * D], neg[(u - w0) * G + g],
+                     _mm256_loadu_ps(&sums[u * D + 8 * g]), g, c_lo, c_hi);
       }
     }
   }

@@ -49,7 +49,8 @@ at::Tensor partition_rows(const QRLayout& L, const at::Tensor& idx) {
 // Positions grouped by row: (sorted unique rows, positions in row order, CSR starts).
 // A counting sort when the table is not much larger than the batch (QR tables are
 // small), a comparison sort otherwise.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> group_by_row(const at::Tensor& rows, int64_t num_rows) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_by_row(const at::Tensor& rows,
+                                                            int64_t num_rows) {
   const int64_t n = rows.numel();
   auto opts = rows.options();
   if (num_rows > 8 * n + 1024) {
@@ -168,7 +169,8 @@ inline void add_contribution(const QRLayout& L, int64_t p, const scalar_t* const
   const int64_t C = L.cols[p];
   if (L.op == kMult && L.k == 2) {
     const scalar_t* wq = W[1 - p] + rows[(1 - p) * n + i] * C;
-    for (int64_t j = 0; j < C; ++j) a[j] += sc * static_cast<acc_t>(g[j]) * static_cast<acc_t>(wq[j]);
+    for (int64_t j = 0; j < C; ++j)
+      a[j] += sc * static_cast<acc_t>(g[j]) * static_cast<acc_t>(wq[j]);
   } else if (L.op == kMult && L.k > 1) {
     for (int64_t j = 0; j < C; ++j) {
       acc_t v = sc * static_cast<acc_t>(g[j]);
@@ -183,10 +185,10 @@ inline void add_contribution(const QRLayout& L, int64_t p, const scalar_t* const
 
 // Gradient rows of partition p: uniq rows u get the contributions of their positions.
 template <typename scalar_t>
-void backward_partition(const QRLayout& L, int64_t p, const scalar_t* const* W,
-                        const int64_t* rows, int64_t n, const scalar_t* go,
-                        const int64_t* bag_of, const float* pos_scale, const int64_t* order,
-                        const int64_t* starts, int64_t num_unique, scalar_t* grad) {
+void backward_partition(const QRLayout& L, int64_t p, const scalar_t* const* W, const int64_t* rows,
+                        int64_t n, const scalar_t* go, const int64_t* bag_of,
+                        const float* pos_scale, const int64_t* order, const int64_t* starts,
+                        int64_t num_unique, scalar_t* grad) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t D = L.out_dim, C = L.cols[p];
   at::parallel_for(0, num_unique, 8, [&](int64_t u0, int64_t u1) {
@@ -258,9 +260,9 @@ void backward_dense(const QRLayout& L, const scalar_t* const* W, const int64_t* 
 
 // d(out[bag]) / d(psw[i]) = scale * <grad_out[bag], composed vector of id i>.
 template <typename scalar_t>
-void psw_grad_kernel(const QRLayout& L, const scalar_t* const* W, const int64_t* rows,
-                     int64_t n, const scalar_t* go, const int64_t* bag_of,
-                     const float* bag_scale, float* gpsw) {
+void psw_grad_kernel(const QRLayout& L, const scalar_t* const* W, const int64_t* rows, int64_t n,
+                     const scalar_t* go, const int64_t* bag_of, const float* bag_scale,
+                     float* gpsw) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t D = L.out_dim;
   at::parallel_for(0, n, 256, [&](int64_t i0, int64_t i1) {
@@ -293,13 +295,14 @@ std::vector<const scalar_t*> weight_ptrs(const std::vector<at::Tensor>& ws) {
 }
 
 std::vector<at::Tensor> qr_bags_forward_cpu(at::TensorList weights, const at::Tensor& indices,
-                                             const at::Tensor& offsets,
-                                             const std::optional<at::Tensor>& per_sample_weights,
-                                             at::IntArrayRef table_bags, at::IntArrayRef poolings,
-                                             at::IntArrayRef layouts) {
+                                            const at::Tensor& offsets,
+                                            const std::optional<at::Tensor>& per_sample_weights,
+                                            at::IntArrayRef table_bags, at::IntArrayRef poolings,
+                                            at::IntArrayRef layouts) {
   auto idx = indices.contiguous();
   auto off = offsets.contiguous();
-  const auto tables = qr_batch_tables(weights, idx, off, per_sample_weights, table_bags, poolings, layouts);
+  const auto tables =
+      qr_batch_tables(weights, idx, off, per_sample_weights, table_bags, poolings, layouts);
   check_offsets_data(off, idx.numel(), "qr bag");
   const int64_t* o = off.data_ptr<int64_t>();
   for (const QRTable& T : tables) check_ids_in_shard(T.L, idx.slice(0, o[T.bag0], o[T.bag1]));
@@ -307,19 +310,21 @@ std::vector<at::Tensor> qr_bags_forward_cpu(at::TensorList weights, const at::Te
   std::optional<at::Tensor> psw;
   if (per_sample_weights) psw = per_sample_weights->contiguous().to(at::kFloat);
   std::vector<at::Tensor> outs;
-  for (const QRTable& T : tables) outs.push_back(at::empty({T.bag1 - T.bag0, T.L.out_dim}, ws[0].options()));
+  for (const QRTable& T : tables)
+    outs.push_back(at::empty({T.bag1 - T.bag0, T.L.out_dim}, ws[0].options()));
   if (ws.empty()) return outs;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ws[0].scalar_type(), "qr_bags_forward_cpu", [&] {
-    auto W = weight_ptrs<scalar_t>(ws);
-    // Table by table, each split across the threads (the tables are small; one call
-    // spares a dispatch and a Python round trip per table).
-    for (size_t t = 0; t < tables.size(); ++t) {
-      const QRTable& T = tables[t];
-      forward_kernel<scalar_t>(T.L, W.data() + T.piece0, idx.data_ptr<int64_t>(), o + T.bag0,
-                               psw ? psw->data_ptr<float>() : nullptr, T.bag1 - T.bag0, T.mean,
-                               outs[t].data_ptr<scalar_t>());
-    }
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, ws[0].scalar_type(), "qr_bags_forward_cpu", [&] {
+        auto W = weight_ptrs<scalar_t>(ws);
+        // Table by table, each split across the threads (the tables are small; one call
+        // spares a dispatch and a Python round trip per table).
+        for (size_t t = 0; t < tables.size(); ++t) {
+          const QRTable& T = tables[t];
+          forward_kernel<scalar_t>(T.L, W.data() + T.piece0, idx.data_ptr<int64_t>(), o + T.bag0,
+                                   psw ? psw->data_ptr<float>() : nullptr, T.bag1 - T.bag0, T.mean,
+                                   outs[t].data_ptr<scalar_t>());
+        }
+      });
   return outs;
 }
 
@@ -351,7 +356,8 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> qr_bags
     at::IntArrayRef table_bags, at::IntArrayRef poolings, at::IntArrayRef layouts, bool psw_grad) {
   auto idx = indices.contiguous();
   auto off = offsets.contiguous();
-  const auto tables = qr_batch_tables(weights, idx, off, per_sample_weights, table_bags, poolings, layouts);
+  const auto tables =
+      qr_batch_tables(weights, idx, off, per_sample_weights, table_bags, poolings, layouts);
   const int64_t n = idx.numel();
   check_offsets_data(off, n, "qr bag");
   auto ws = contiguous_all(weights);
@@ -371,7 +377,8 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> qr_bags
     const float* pw = psw.defined() ? psw.data_ptr<float>() : nullptr;
     for (const QRTable& T : tables) {
       for (int64_t b = T.bag0; b < T.bag1; ++b) {
-        const float sc = (T.mean && o[b + 1] > o[b]) ? 1.f / static_cast<float>(o[b + 1] - o[b]) : 1.f;
+        const float sc =
+            (T.mean && o[b + 1] > o[b]) ? 1.f / static_cast<float>(o[b + 1] - o[b]) : 1.f;
         for (int64_t i = o[b]; i < o[b + 1]; ++i) {
           bo[i] = b - T.bag0;
           bs[i] = sc;
@@ -407,9 +414,10 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> qr_bags
       const QRTable& T = tables[t];
       const int64_t p0 = o[T.bag0];
       std::vector<at::Tensor> u, g;
-      backward_dense<scalar_t>(T.L, W.data() + T.piece0, rows[t].data_ptr<int64_t>(), rows[t].size(1),
-                               go[t].data_ptr<scalar_t>(), bag_of.data_ptr<int64_t>() + p0,
-                               pos_scale.data_ptr<float>() + p0, u, g, ws[0].options());
+      backward_dense<scalar_t>(T.L, W.data() + T.piece0, rows[t].data_ptr<int64_t>(),
+                               rows[t].size(1), go[t].data_ptr<scalar_t>(),
+                               bag_of.data_ptr<int64_t>() + p0, pos_scale.data_ptr<float>() + p0, u,
+                               g, ws[0].options());
       for (int64_t p = 0; p < T.L.k; ++p) {
         uniq_rows[T.piece0 + p] = u[p];
         grads[T.piece0 + p] = g[p];
@@ -419,21 +427,21 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> qr_bags
       const QRTable& T = tables[pr.t];
       const int64_t p0 = o[T.bag0];
       auto grad = at::empty({pr.uniq.numel(), T.L.cols[pr.p]}, ws[0].options());
-      backward_partition<scalar_t>(T.L, pr.p, W.data() + T.piece0, rows[pr.t].data_ptr<int64_t>(),
-                                   rows[pr.t].size(1), go[pr.t].data_ptr<scalar_t>(),
-                                   bag_of.data_ptr<int64_t>() + p0, pos_scale.data_ptr<float>() + p0,
-                                   pr.order.data_ptr<int64_t>(), pr.starts.data_ptr<int64_t>(),
-                                   pr.uniq.numel(), grad.data_ptr<scalar_t>());
+      backward_partition<scalar_t>(
+          T.L, pr.p, W.data() + T.piece0, rows[pr.t].data_ptr<int64_t>(), rows[pr.t].size(1),
+          go[pr.t].data_ptr<scalar_t>(), bag_of.data_ptr<int64_t>() + p0,
+          pos_scale.data_ptr<float>() + p0, pr.order.data_ptr<int64_t>(),
+          pr.starts.data_ptr<int64_t>(), pr.uniq.numel(), grad.data_ptr<scalar_t>());
       uniq_rows[T.piece0 + pr.p] = pr.uniq;
       grads[T.piece0 + pr.p] = grad;
     }
     if (!psw_grad) return;
     for (size_t t = 0; t < tables.size(); ++t) {
       const int64_t p0 = o[tables[t].bag0];
-      psw_grad_kernel<scalar_t>(tables[t].L, W.data() + tables[t].piece0, rows[t].data_ptr<int64_t>(),
-                                rows[t].size(1), go[t].data_ptr<scalar_t>(),
-                                bag_of.data_ptr<int64_t>() + p0, bag_scale.data_ptr<float>() + p0,
-                                gpsw.data_ptr<float>() + p0);
+      psw_grad_kernel<scalar_t>(tables[t].L, W.data() + tables[t].piece0,
+                                rows[t].data_ptr<int64_t>(), rows[t].size(1),
+                                go[t].data_ptr<scalar_t>(), bag_of.data_ptr<int64_t>() + p0,
+                                bag_scale.data_ptr<float>() + p0, gpsw.data_ptr<float>() + p0);
     }
   });
   return {uniq_rows, grads, gpsw};

@@ -86,15 +86,15 @@ struct LookupDesc {
   const int64_t* sk;
   int64_t* sr;
   int64_t mask;
-  int64_t key0;       // its first key in the call's keys
-  int64_t* seen;      // stamps (null: read only)
+  int64_t key0;   // its first key in the call's keys
+  int64_t* seen;  // stamps (null: read only)
   int64_t* count;
   int64_t meta_rows;  // length of seen / count
   int64_t step;
 };
 
-__global__ void lookup_kernel(const LookupDesc* __restrict__ desc, int T, const int64_t* keys, int64_t n,
-                              int64_t* out, int* bad) {
+__global__ void lookup_kernel(const LookupDesc* __restrict__ desc, int T, const int64_t* keys,
+                              int64_t n, int64_t* out, int* bad) {
   const int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (k >= n) return;
   const LookupDesc& d = desc[owner_of<&LookupDesc::key0>(desc, T, k)];
@@ -110,9 +110,8 @@ __global__ void lookup_kernel(const LookupDesc* __restrict__ desc, int T, const 
 }
 
 __global__ void insert_kernel(int64_t* sk, int64_t* sr, int64_t mask, const int64_t* keys,
-                              int64_t n, const int64_t* pool, int64_t pool_size,
-                              int64_t* pool_used, int64_t* rows, bool* inserted,
-                              int* full) {
+                              int64_t n, const int64_t* pool, int64_t pool_size, int64_t* pool_used,
+                              int64_t* rows, bool* inserted, int* full) {
   const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (t >= n) return;
   rows[t] = insert_key(sk, sr, mask, keys[t], pool, pool_size, pool_used, inserted + t);
@@ -183,8 +182,10 @@ at::Tensor hash_index_lookup_cuda(at::TensorList slot_keys, at::TensorList slot_
   const bool stamp = !steps.empty();
   std::vector<LookupDesc> d(T);
   for (size_t t = 0; t < T; ++t) {
-    d[t] = LookupDesc{slot_keys[t].data_ptr<int64_t>(), slot_rows[t].data_ptr<int64_t>(),
-                      slot_keys[t].numel() - 1, key_ends[t],
+    d[t] = LookupDesc{slot_keys[t].data_ptr<int64_t>(),
+                      slot_rows[t].data_ptr<int64_t>(),
+                      slot_keys[t].numel() - 1,
+                      key_ends[t],
                       stamp ? last_seen[t].data_ptr<int64_t>() : nullptr,
                       stamp ? counts[t].data_ptr<int64_t>() : nullptr,
                       stamp ? std::min(last_seen[t].numel(), counts[t].numel()) : 0,
@@ -197,14 +198,17 @@ at::Tensor hash_index_lookup_cuda(at::TensorList slot_keys, at::TensorList slot_
       bad.data_ptr<int>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (stamp) {  // a sync only when stamping, where the caller syncs on the rows anyway
-    TORCH_CHECK(bad.item<int>() == 0, "hash_index_lookup_: a row lies beyond its table's last_seen/counts");
+    TORCH_CHECK(bad.item<int>() == 0,
+                "hash_index_lookup_: a row lies beyond its table's last_seen/counts");
   }
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> hash_index_insert_cuda(
-    const at::Tensor& slot_keys, const at::Tensor& slot_rows, const at::Tensor& keys_in,
-    const at::Tensor& pool_in, const at::Tensor& pool_used) {
+std::tuple<at::Tensor, at::Tensor> hash_index_insert_cuda(const at::Tensor& slot_keys,
+                                                          const at::Tensor& slot_rows,
+                                                          const at::Tensor& keys_in,
+                                                          const at::Tensor& pool_in,
+                                                          const at::Tensor& pool_used) {
   check_insert_op(slot_keys, slot_rows, keys_in, pool_in, pool_used);
   c10::cuda::CUDAGuard guard(slot_keys.device());
   const at::Tensor keys = keys_in.contiguous();

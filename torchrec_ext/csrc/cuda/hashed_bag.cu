@@ -22,10 +22,10 @@ struct TableDesc {
   HashedLayout L;
   int64_t D, bag0, regions;
   bool mean;
-  const scalar_t* w;  // the buffer
-  scalar_t* out;      // forward: output rows; backward: unused
-  const scalar_t* go; // backward: output-gradient rows
-  scalar_t* dst;      // backward: where alpha * gradient lands
+  const scalar_t* w;   // the buffer
+  scalar_t* out;       // forward: output rows; backward: unused
+  const scalar_t* go;  // backward: output-gradient rows
+  scalar_t* dst;       // backward: where alpha * gradient lands
 };
 
 // Buffer position and sign of element j (shard-local column) of shard-local id.
@@ -54,9 +54,8 @@ __device__ __forceinline__ bool valid_id(const HashedLayout& L, int64_t id, int6
 
 template <typename scalar_t>
 __global__ void forward_kernel(const TableDesc<scalar_t>* __restrict__ desc, int T,
-                               int64_t first_bag, int64_t num_bags,
-                               const int64_t* __restrict__ idx, const int64_t* __restrict__ off,
-                               const float* __restrict__ psw) {
+                               int64_t first_bag, int64_t num_bags, const int64_t* __restrict__ idx,
+                               const int64_t* __restrict__ off, const float* __restrict__ psw) {
   const auto wb = warp_bag(desc, T, first_bag, num_bags, off);
   if (!wb.ok) return;
   const TableDesc<scalar_t>& d = *wb.d;
@@ -69,7 +68,8 @@ __global__ void forward_kernel(const TableDesc<scalar_t>* __restrict__ desc, int
     for (int64_t i = s; i < e; ++i) {
       const int64_t id = idx[i];
       if (!valid_id(L, id, d.regions) || j >= D) continue;
-      const Located p = locate(L, id_hash(id + L.id_offset, L.seed), L.local_region(id) * L.slots, D, j);
+      const Located p =
+          locate(L, id_hash(id + L.id_offset, L.seed), L.local_region(id) * L.slots, D, j);
       acc += (psw ? psw[i] : 1.f) * p.sign * static_cast<float>(d.w[p.pos]);
     }
     if (j < D) d.out[(b - d.bag0) * D + j] = static_cast<scalar_t>(acc * scale);
@@ -133,8 +133,8 @@ __global__ void coord_uniform_kernel(float* w, int64_t R, int64_t D, int64_t row
                                      int64_t col_offset, int64_t seed, double low, double high) {
   const int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (k >= R * D) return;
-  w[k] = static_cast<float>(low + (high - low) * coord_uniform(k / D + row_offset,
-                                                               k % D + col_offset, seed));
+  w[k] = static_cast<float>(low + (high - low) *
+                                      coord_uniform(k / D + row_offset, k % D + col_offset, seed));
 }
 
 dim3 bag_grid(int64_t num_bags) {
@@ -258,14 +258,13 @@ at::Tensor backward_into(const at::TensorList grad_outputs, const at::TensorList
 std::tuple<std::vector<at::Tensor>, at::Tensor> hashed_bags_backward_cuda(
     const at::TensorList grad_outputs, const at::TensorList weights, const at::Tensor& indices,
     const at::Tensor& offsets, const std::optional<at::Tensor>& per_sample_weights,
-    at::IntArrayRef table_bags, at::IntArrayRef poolings, at::IntArrayRef layouts,
-    bool psw_grad, const std::optional<at::Tensor>& positions) {
+    at::IntArrayRef table_bags, at::IntArrayRef poolings, at::IntArrayRef layouts, bool psw_grad,
+    const std::optional<at::Tensor>& positions) {
   check_no_positions(positions, "hashed_bags_backward");
   std::vector<at::Tensor> gw;
   for (const auto& w : weights) gw.push_back(at::zeros(w.sizes(), w.options()));
-  auto gpsw = backward_into(grad_outputs, weights, indices, offsets, per_sample_weights,
-                            table_bags, poolings, layouts, psw_grad, 1.0f, gw,
-                            "hashed_bags_backward");
+  auto gpsw = backward_into(grad_outputs, weights, indices, offsets, per_sample_weights, table_bags,
+                            poolings, layouts, psw_grad, 1.0f, gw, "hashed_bags_backward");
   return {gw, gpsw};
 }
 
@@ -290,10 +289,13 @@ at::Tensor coord_uniform_cuda(at::Tensor& weight, int64_t row_offset, int64_t co
   const int64_t n = weight.numel();
   if (n == 0) return weight;
   // Draw in fp32 and cast, so low-precision tables get the same values as fp32 ones.
-  auto tmp = weight.scalar_type() == at::kFloat ? weight : at::empty_like(weight, weight.options().dtype(at::kFloat));
+  auto tmp = weight.scalar_type() == at::kFloat
+                 ? weight
+                 : at::empty_like(weight, weight.options().dtype(at::kFloat));
   coord_uniform_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0,
-                         c10::cuda::getCurrentCUDAStream()>>>(
-      tmp.data_ptr<float>(), weight.size(0), weight.size(1), row_offset, col_offset, seed, low, high);
+                         c10::cuda::getCurrentCUDAStream()>>>(tmp.data_ptr<float>(), weight.size(0),
+                                                              weight.size(1), row_offset,
+                                                              col_offset, seed, low, high);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (!tmp.is_same(weight)) weight.copy_(tmp);
   return weight;

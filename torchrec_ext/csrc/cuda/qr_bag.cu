@@ -26,11 +26,11 @@ struct QRDesc {
   int64_t bag0;  // its first bag of the shared offsets
   bool mean;
   const scalar_t* w[kMaxPartitions];
-  scalar_t* out;                      // forward: its output rows
-  const scalar_t* go;                 // backward: its output-gradient rows
-  int64_t key0[kMaxPartitions];       // backward: the key of piece p's row 0
-  int64_t uniq0[kMaxPartitions];      // backward: piece p's first unique key
-  scalar_t* grad[kMaxPartitions];     // backward: piece p's gradient rows
+  scalar_t* out;                   // forward: its output rows
+  const scalar_t* go;              // backward: its output-gradient rows
+  int64_t key0[kMaxPartitions];    // backward: the key of piece p's row 0
+  int64_t uniq0[kMaxPartitions];   // backward: piece p's first unique key
+  scalar_t* grad[kMaxPartitions];  // backward: piece p's gradient rows
 };
 
 // Local rows of id `id` in every partition; false if any is out of range.
@@ -110,8 +110,10 @@ __global__ void keys_kernel(const QRDesc<scalar_t>* __restrict__ desc, int T, in
 template <typename scalar_t>
 __global__ void backward_kernel(const QRDesc<scalar_t>* __restrict__ desc, int T,
                                 const int64_t* __restrict__ idx, int64_t n,
-                                const int64_t* __restrict__ bag_of, const float* __restrict__ pos_scale,
-                                const int64_t* __restrict__ keys, const int64_t* __restrict__ inverse) {
+                                const int64_t* __restrict__ bag_of,
+                                const float* __restrict__ pos_scale,
+                                const int64_t* __restrict__ keys,
+                                const int64_t* __restrict__ inverse) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.y;
   if (i >= n || bag_of[i] < 0 || keys[i] < 0) return;  // not in a bag, or an id out of range
   const QRDesc<scalar_t>& d = desc[table_of(desc, T, bag_of[i])];
@@ -146,7 +148,8 @@ __global__ void psw_grad_kernel(const QRDesc<scalar_t>* __restrict__ desc, int T
   float dot = 0.f;
   if (rows_of(d.L, idx[i], r)) {
     const scalar_t* g = d.go + (bag_of[i] - d.bag0) * d.L.out_dim;
-    for (int64_t j = threadIdx.x; j < d.L.out_dim; j += kWarp) dot += element(d, r, j) * static_cast<float>(g[j]);
+    for (int64_t j = threadIdx.x; j < d.L.out_dim; j += kWarp)
+      dot += element(d, r, j) * static_cast<float>(g[j]);
   }
   for (int o = kWarp / 2; o > 0; o /= 2) dot += __shfl_down_sync(0xffffffffu, dot, o);
   if (threadIdx.x == 0) gpsw[i] = dot * bag_scale[i];
@@ -165,18 +168,19 @@ std::vector<QRDesc<scalar_t>> describe(const std::vector<QRTable>& tables,
     d[t].L = tables[t].L;
     d[t].bag0 = tables[t].bag0;
     d[t].mean = tables[t].mean;
-    for (int64_t p = 0; p < tables[t].L.k; ++p) d[t].w[p] = ws[tables[t].piece0 + p].data_ptr<scalar_t>();
+    for (int64_t p = 0; p < tables[t].L.k; ++p)
+      d[t].w[p] = ws[tables[t].piece0 + p].data_ptr<scalar_t>();
   }
   return d;
 }
 
 std::vector<at::Tensor> qr_bags_forward_cuda(at::TensorList weights, const at::Tensor& indices,
-                                              const at::Tensor& offsets,
-                                              const std::optional<at::Tensor>& per_sample_weights,
-                                              at::IntArrayRef table_bags, at::IntArrayRef poolings,
-                                              at::IntArrayRef layouts) {
-  const auto tables = qr_batch_tables(weights, indices, offsets, per_sample_weights, table_bags,
-                                      poolings, layouts);
+                                             const at::Tensor& offsets,
+                                             const std::optional<at::Tensor>& per_sample_weights,
+                                             at::IntArrayRef table_bags, at::IntArrayRef poolings,
+                                             at::IntArrayRef layouts) {
+  const auto tables =
+      qr_batch_tables(weights, indices, offsets, per_sample_weights, table_bags, poolings, layouts);
   c10::cuda::CUDAGuard guard(indices.device());
   auto ws = contiguous_all(weights);
   auto idx = indices.contiguous();
@@ -184,7 +188,8 @@ std::vector<at::Tensor> qr_bags_forward_cuda(at::TensorList weights, const at::T
   std::optional<at::Tensor> psw;
   if (per_sample_weights) psw = per_sample_weights->contiguous().to(at::kFloat);
   std::vector<at::Tensor> outs;
-  for (const QRTable& T : tables) outs.push_back(at::zeros({T.bag1 - T.bag0, T.L.out_dim}, ws[0].options()));
+  for (const QRTable& T : tables)
+    outs.push_back(at::zeros({T.bag1 - T.bag0, T.L.out_dim}, ws[0].options()));
   const int64_t first_bag = table_bags[0], num_bags = table_bags.back() - table_bags[0];
   if (tables.empty() || num_bags == 0) return outs;
   AT_DISPATCH_FLOATING_TYPES(ws[0].scalar_type(), "qr_bags_forward_cuda", [&] {
@@ -204,8 +209,8 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> qr_bags
     at::TensorList grad_outputs, at::TensorList weights, const at::Tensor& indices,
     const at::Tensor& offsets, const std::optional<at::Tensor>& per_sample_weights,
     at::IntArrayRef table_bags, at::IntArrayRef poolings, at::IntArrayRef layouts, bool psw_grad) {
-  const auto tables = qr_batch_tables(weights, indices, offsets, per_sample_weights, table_bags,
-                                      poolings, layouts);
+  const auto tables =
+      qr_batch_tables(weights, indices, offsets, per_sample_weights, table_bags, poolings, layouts);
   c10::cuda::CUDAGuard guard(indices.device());
   auto ws = contiguous_all(weights);
   const auto dtype = ws.empty() ? at::kFloat : ws[0].scalar_type();
@@ -252,9 +257,10 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> qr_bags
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
       if (psw_grad && n > 0) {
-        psw_grad_kernel<scalar_t><<<grid_of(n, kWarpsPerBlock), dim3(kWarp, kWarpsPerBlock), 0, stream>>>(
-            dev.ptr, T, idx.data_ptr<int64_t>(), n, bag_of.data_ptr<int64_t>(),
-            bag_scale.data_ptr<float>(), gpsw.data_ptr<float>());
+        psw_grad_kernel<scalar_t>
+            <<<grid_of(n, kWarpsPerBlock), dim3(kWarp, kWarpsPerBlock), 0, stream>>>(
+                dev.ptr, T, idx.data_ptr<int64_t>(), n, bag_of.data_ptr<int64_t>(),
+                bag_scale.data_ptr<float>(), gpsw.data_ptr<float>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
     }
@@ -263,8 +269,9 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> qr_bags
     // Each piece's unique keys are one run of the sorted keys (-1, if any, comes first).
     std::vector<int64_t> bounds(key0);
     bounds.insert(bounds.end(), key_end.begin(), key_end.end());
-    auto found = at::searchsorted(uniq, at::tensor(bounds, idx.options().device(at::kCPU)).to(idx.device()))
-                     .cpu();  // one sync for every piece's run
+    auto found =
+        at::searchsorted(uniq, at::tensor(bounds, idx.options().device(at::kCPU)).to(idx.device()))
+            .cpu();  // one sync for every piece's run
     const int64_t* l = found.data_ptr<int64_t>();
     const int64_t* h = l + key0.size();
     int64_t total = 0;
@@ -285,9 +292,10 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> qr_bags
     }
     if (n > 0 && total > 0) {
       auto dev = to_device(d, indices.device());
-      backward_kernel<scalar_t><<<grid_of(n, kWarpsPerBlock), dim3(kWarp, kWarpsPerBlock), 0, stream>>>(
-          dev.ptr, T, idx.data_ptr<int64_t>(), n, bag_of.data_ptr<int64_t>(),
-          pos_scale.data_ptr<float>(), keys.data_ptr<int64_t>(), inverse.data_ptr<int64_t>());
+      backward_kernel<scalar_t>
+          <<<grid_of(n, kWarpsPerBlock), dim3(kWarp, kWarpsPerBlock), 0, stream>>>(
+              dev.ptr, T, idx.data_ptr<int64_t>(), n, bag_of.data_ptr<int64_t>(),
+              pos_scale.data_ptr<float>(), keys.data_ptr<int64_t>(), inverse.data_ptr<int64_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });

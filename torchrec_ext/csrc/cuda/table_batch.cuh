@@ -17,7 +17,10 @@ __device__ __forceinline__ int owner_of(const Desc* desc, int T, int64_t x) {
   int lo = 0, hi = T - 1;
   while (lo < hi) {
     const int mid = (lo + hi + 1) / 2;
-    if (desc[mid].*Member <= x) lo = mid; else hi = mid - 1;
+    if (desc[mid].*Member <= x)
+      lo = mid;
+    else
+      hi = mid - 1;
   }
   return lo;
 }

@@ -38,6 +38,22 @@ def _slots_for(rows: int) -> int:
 
 
 class HashTable:
+    """The native int64 -> row index of a dynamic table (open addressing, at most half full).
+
+    Args:
+        name: the table's name (error messages and logs name it).
+        initial_rows: rows the index is sized for up front.
+        max_rows: the most keys it holds; an insert beyond raises `TableFullError` and
+            inserts nothing. None: unbounded.
+        device: where the index lives (CPU or CUDA).
+
+    Example:
+        >>> t = HashTable("t")
+        >>> rows, created = t.find_or_insert(torch.tensor([7, -(2**63), 7]))
+        >>> len(t), created.tolist()
+        (2, [True, True, False])
+    """
+
     def __init__(self, name: str, initial_rows: int = 0, max_rows: Optional[int] = None,
                  device: Optional[torch.device] = None) -> None:
         if max_rows is not None and max_rows < 1:
