@@ -10,8 +10,7 @@ checkout); importing the package then compiles nothing.
 
 from __future__ import annotations
 
-import glob
-import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -21,36 +20,22 @@ from setuptools import setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CSRC = os.path.join("torchrec_ext", "csrc")
+
+
+def _load_sources():
+    """torchrec_ext/ops/_sources.py, by path: the package itself cannot be imported yet."""
+    spec = importlib.util.spec_from_file_location("_torchrec_ext_sources", os.path.join(HERE, "torchrec_ext", "ops", "_sources.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SOURCES = _load_sources()
+cpu_sources, cuda_sources, headers, source_hash = (SOURCES.cpu_sources, SOURCES.cuda_sources, SOURCES.headers,
+                                                   SOURCES.source_hash)
 
 # (library suffix, -march): the names match torch.backends.cpu.get_cpu_capability().
 X86_ISAS = [("default", None), ("avx2", "x86-64-v3"), ("avx512", "x86-64-v4")]
-
-
-def _rel(pattern: str) -> list[str]:
-    return sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, CSRC, pattern)))
-
-
-def cpu_sources() -> list[str]:
-    return _rel("ops.cpp") + _rel("cpu/*.cpp")
-
-
-def cuda_sources() -> list[str]:
-    return _rel("cuda/*.cu")
-
-
-def headers() -> list[str]:
-    return _rel("*.h") + _rel("cpu/*.h") + _rel("cuda/*.cuh")
-
-
-def source_hash() -> str:
-    """Hash of every native source: _native.py compares it to warn of a stale build."""
-    h = hashlib.sha256()
-    for path in sorted(cpu_sources() + cuda_sources() + headers()):
-        h.update(path.encode())
-        with open(os.path.join(HERE, path), "rb") as f:
-            h.update(f.read())
-    return h.hexdigest()
 
 
 def isas() -> list[tuple[str, str | None]]:

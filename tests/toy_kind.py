@@ -5,7 +5,6 @@ knows it."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -96,4 +95,4 @@ def reference_pool(weight: torch.Tensor, scale: float, ids: torch.Tensor, length
 
 
 __all__ = ["ScaledEmbeddingBagConfig", "ScaledTableKind", "ExtEmbeddingBagCollection", "coordinate_values",
-           "reference_pool", "math"]
+           "reference_pool"]

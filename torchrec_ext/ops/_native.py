@@ -13,8 +13,6 @@ without rerunning setup.py.
 
 from __future__ import annotations
 
-import glob
-import hashlib
 import json
 import logging
 import os
@@ -24,10 +22,11 @@ from importlib.machinery import EXTENSION_SUFFIXES
 
 import torch
 
+from torchrec_ext.ops import _sources
+
 logger = logging.getLogger(__name__)
 
 _PKG = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_CSRC = os.path.join(_PKG, "csrc")
 _lock = threading.Lock()
 _loaded: str | None = None
 
@@ -63,22 +62,6 @@ def _manifest() -> dict:
         return {}
 
 
-def _source_hash() -> str | None:
-    """The hash setup.py records, recomputed; None where the sources are not shipped."""
-    if not os.path.isdir(_CSRC):
-        return None
-    root = os.path.dirname(_PKG)
-    paths = [os.path.join(_CSRC, "ops.cpp")]
-    for pattern in ("*.h", "cpu/*.cpp", "cpu/*.h", "cuda/*.cu", "cuda/*.cuh"):
-        paths += glob.glob(os.path.join(_CSRC, pattern))
-    h = hashlib.sha256()
-    for path in sorted(os.path.relpath(p, root) for p in paths):
-        h.update(path.encode())
-        with open(os.path.join(root, path), "rb") as f:
-            h.update(f.read())
-    return h.hexdigest()
-
-
 def _check_manifest(manifest: dict) -> None:
     built = manifest.get("torch", "")
     if built.split(".")[:2] != torch.__version__.split(".")[:2]:
@@ -87,7 +70,7 @@ def _check_manifest(manifest: dict) -> None:
             f"{torch.__version__} is installed: reinstall torchrec_ext for this torch "
             "(pip install --no-build-isolation .)."
         )
-    current = _source_hash()
+    current = _sources.source_hash()
     if current is not None and manifest.get("source_hash") != current:
         warnings.warn(
             "torchrec_ext's native sources changed since they were built; the ops loaded are "
@@ -119,9 +102,8 @@ def _load_jit() -> str:
     from torch.utils.cpp_extension import load as load_ext
 
     with_cuda = torch.version.cuda is not None and CUDA_HOME is not None
-    srcs = [os.path.join(_CSRC, "ops.cpp")] + sorted(glob.glob(os.path.join(_CSRC, "cpu", "*.cpp")))
-    if with_cuda:
-        srcs += sorted(glob.glob(os.path.join(_CSRC, "cuda", "*.cu")))
+    srcs = _sources.cpu_sources() + (_sources.cuda_sources() if with_cuda else [])
+    srcs = [os.path.join(_sources.ROOT, p) for p in srcs]
     tag = f"{'cuda' if with_cuda else 'cpu'}-torch{torch.__version__.replace('+', '_')}-native"
     build = os.path.join(_PKG, "_build", tag)
     os.makedirs(build, exist_ok=True)
