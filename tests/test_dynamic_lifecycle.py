@@ -214,6 +214,39 @@ def test_lfu_keeps_the_most_frequent_ids_of_a_stream_ten_times_its_capacity():
     assert s["size"] == capacity and s["capacity"] == capacity and s["evicted"] > 0 and s["load"] == 1.0
 
 
+@pytest.mark.parametrize("eviction", [None, LFUEviction()])
+def test_a_batch_beyond_capacity_raises_or_rejects_the_least_frequent(eviction):
+    from torchrec_ext.modules.dynamic.hash_table import TableFullError
+    fused = {"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": 1.0}
+    raising = table(fused=fused, max_capacity=4, eviction=eviction, initializer=Normal(0.0, 0.1))
+    step(raising, [1, 2], grad_seed=0)
+    with pytest.raises(TableFullError, match="'t' is full"):
+        step(raising, [10, 11, 12, 13, 14, 15, 1])
+    assert set(raising.keys("t").tolist()) == {1, 2}  # nothing inserted, nothing lost
+    rejecting = table(fused=fused, max_capacity=4, eviction=eviction, initializer=Normal(0.0, 0.1),
+                      on_full="reject")
+    step(rejecting, [1, 2], grad_seed=0)
+    before = rows_of(rejecting)
+    batch = [12, 10, 12, 13, 11, 13, 12, 14, 15, 1]  # counts: 12 x3, 13 x2, then 10, 11, 14, 15 once
+    out = step(rejecting, batch, grad_seed=1)
+    # Without eviction 2 rows are free: 12 and 13, the most frequent. With LFU every row but
+    # 1's (the batch uses it) can go, so 3 new ids fit: 12, 13, then 10, the smallest of the ties.
+    want = {1, 2, 12, 13} if eviction is None else {1, 12, 13, 10}
+    assert set(rejecting.keys("t").tolist()) == want
+    fresh = table(initializer=Normal(0.0, 0.1))
+    for pos, key in enumerate(batch):
+        if key in before:  # an old row reads its trained value
+            torch.testing.assert_close(out[pos], before[key][0])
+        else:  # a new id reads its initial value, with a row or without
+            torch.testing.assert_close(out[pos], step(fresh, [key])[0])
+    after = rows_of(rejecting)
+    for key in (14, 15, 11) if eviction is not None else (10, 11, 14, 15):
+        assert key not in after  # rejected: no row, its gradient went nowhere
+    assert rejecting.stats("t")["rejected"] >= 3
+    with pytest.raises(ValueError, match="dynamic table 't': on_full"):
+        table(on_full="drop")
+
+
 def test_user_defined_eviction_scores():
     class DropOddKeysFirst(EvictionPolicy):
         capacity_bound = True

@@ -42,6 +42,11 @@ class DynamicEmbeddingBagConfig(EmbeddingBagConfig):
         grad_reduce_by: "sum" (duplicate ids' gradients summed; TorchRec's convention, with
             the world-size division of sharded training) or "id" (averaged over the id's
             occurrences).
+        on_full: what a training batch does when it brings more new ids than `max_capacity`
+            can take, after the eviction policy has freed every row the batch does not use:
+            "raise" (`TableFullError`, nothing inserted) or "reject" (the ids that fit get rows,
+            most frequent in the batch first; the others read as their initial values and
+            get no update, as ids the admission policy has not admitted yet).
 
     Example:
         >>> cfg = DynamicEmbeddingBagConfig(name="query", num_embeddings=1_000_000, embedding_dim=16,
@@ -61,6 +66,7 @@ class DynamicEmbeddingBagConfig(EmbeddingBagConfig):
     eviction: Optional[EvictionPolicy] = None
     eviction_interval: int = 0
     grad_reduce_by: str = "sum"
+    on_full: str = "raise"
 
     def __post_init__(self) -> None:
         name = self.name or "<unnamed>"
@@ -88,6 +94,8 @@ class DynamicEmbeddingBagConfig(EmbeddingBagConfig):
         if self.grad_reduce_by not in ("sum", "id"):
             raise ValueError(f"dynamic table '{name}': grad_reduce_by must be 'sum' or 'id', "
                              f"got {self.grad_reduce_by!r}")
+        if self.on_full not in ("raise", "reject"):
+            raise ValueError(f"dynamic table '{name}': on_full must be 'raise' or 'reject', got {self.on_full!r}")
 
     @property
     def storage_dtype(self) -> torch.dtype:

@@ -83,7 +83,8 @@ class DynamicRows:
                  block_size: int, initial_capacity: int, max_capacity: Optional[int],
                  initializer: Initializer, seed: int, col_offset: int = 0,
                  trainable_blocks: bool = False, admission: Optional[AdmissionPolicy] = None,
-                 eviction: Optional[EvictionPolicy] = None, eviction_interval: int = 0) -> None:
+                 eviction: Optional[EvictionPolicy] = None, eviction_interval: int = 0,
+                 on_full: str = "raise") -> None:
         self.name, self.dim, self.dtype, self.device = name, dim, dtype, torch.device(device)
         self.block_size, self.initializer, self.seed = block_size, initializer, seed
         self.col_offset = col_offset
@@ -91,6 +92,7 @@ class DynamicRows:
         self.trainable_blocks = trainable_blocks
         self.admission = (admission or AlwaysAdmit()).fresh()
         self.eviction, self.eviction_interval = eviction, eviction_interval
+        self.on_full = on_full
         self.table = HashTable(name, initial_capacity, max_capacity, self.device)
         self.blocks: List[torch.Tensor] = []
         self.state_widths: Dict[str, int] = {}
@@ -188,6 +190,8 @@ class DynamicRows:
                 return []
         uniq, inverse, counts = torch.unique(keys[missing], return_inverse=True, return_counts=True)
         admit = self.admission.admit(uniq, counts, self.step)
+        if self.on_full == "reject":
+            admit = self._fit_capacity(admit, counts, keys[~missing])
         uniq_rows = torch.empty_like(uniq)
         new = uniq[admit]
         if new.numel():
@@ -208,6 +212,28 @@ class DynamicRows:
         rows[missing] = filled
         self._stamp(filled[(filled >= 0) & (filled < real)])
         return scratch
+
+    def _fit_capacity(self, admit: torch.Tensor, counts: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """`admit` cut to the new ids the capacity can take once eviction (if capacity-bound)
+        has freed every row the batch does not use (`present`: its keys that have rows); the
+        most frequent in the batch stay, ties by the smaller key, so every column shard of a
+        table, seeing the same ids, keeps the same ones."""
+        cap = self.table.max_rows
+        if cap is None:
+            return admit
+        held = len(self)
+        if self.eviction is not None and self.eviction.capacity_bound:
+            held = int(torch.unique(present).numel())
+        room = max(0, cap - held)
+        idx = torch.nonzero(admit).flatten()
+        if idx.numel() <= room:
+            return admit
+        keep = idx[torch.argsort(counts[idx], descending=True, stable=True)[:room]]
+        admit = torch.zeros_like(admit)
+        admit[keep] = True
+        logger.debug("table '%s' step %d: full, %d new ids read as initial values", self.name, self.step,
+                     int(idx.numel() - room))
+        return admit
 
     def _scratch(self, keys: torch.Tensor) -> List[torch.Tensor]:
         """Blocks holding the initializer values of ids that have no row."""

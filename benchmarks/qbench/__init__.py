@@ -1,0 +1,1 @@
+"""Pieces of `benchmarks/quality.py`: data readers, table builders, models, metrics."""
