@@ -166,6 +166,11 @@ def tune(run, data, kinds_, lrs, factor, seed, opt):
     return best
 
 
+def write_json(path, meta, rows, runs) -> None:
+    with open(path + ".json", "w") as f:
+        json.dump({"meta": meta, "summary": rows, "runs": runs}, f, indent=1)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
@@ -188,7 +193,13 @@ def main(argv=None) -> int:
         raise SystemExit(f"unknown kinds {sorted(unknown)}; known: {', '.join(kinds())}")
     plan = [(k, 1.0 if k == "full" else f) for k in chosen for f in ([1.0] if k == "full" else factors)]
     t0 = time.perf_counter()
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, f"quality_{args.model}")
+    meta = {"date": datetime.date.today().isoformat(), "command": " ".join(["python", *sys.argv]),
+            "data": data.describe(), "full_mb": full_mb(args, data), "options": vars(opt),
+            "machine": f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}"}
     best_lr = tune(run, data, chosen, lrs, args.tune_factor, seeds[0], opt)
+    meta["lr"] = best_lr
     runs = []
     for i, (kind, factor) in enumerate(plan):
         for seed in seeds:
@@ -199,6 +210,7 @@ def main(argv=None) -> int:
                 print(f"[{i + 1}/{len(plan)}] {kind} 1/{factor:g} seed {seed}: n/a ({e})")
                 continue
             runs.append({"kind": kind, "factor": factor, "seed": seed, "lr": best_lr[kind], **res})
+            write_json(path, meta, summarize(runs, second), runs)  # a cut-short sweep keeps its runs
             print(f"[{i + 1}/{len(plan)}] {kind} 1/{factor:g} seed {seed}: AUC {res['auc']:.4f} "
                   f"{second} {res[second]:.4f} ({res['embedding_bytes'] / 2**20:.2f} MB, {res['train_s']:.0f} s)",
                   flush=True)
@@ -207,14 +219,8 @@ def main(argv=None) -> int:
     print(f"\n{data.describe()}; full tables {full_mb(args, data):.2f} MB; dim {opt.dim}, "
           f"{opt.epochs} epochs, Adam, lr per kind {best_lr}, seeds {seeds}")
     print_table(rows, second, full_auc)
-    os.makedirs(args.out, exist_ok=True)
-    meta = {"date": datetime.date.today().isoformat(), "command": " ".join(["python", *sys.argv]),
-            "data": data.describe(), "full_mb": full_mb(args, data), "options": vars(opt), "lr": best_lr,
-            "machine": f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}",
-            "elapsed_s": time.perf_counter() - t0}
-    path = os.path.join(args.out, f"quality_{args.model}")
-    with open(path + ".json", "w") as f:
-        json.dump({"meta": meta, "summary": rows, "runs": runs}, f, indent=1)
+    meta["elapsed_s"] = time.perf_counter() - t0
+    write_json(path, meta, rows, runs)
     plot(rows, second, path + ".png", f"{args.model}: {data.describe()}")
     print(f"\nwrote {path}.json and {path}.png")
     return 0

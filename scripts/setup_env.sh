@@ -8,16 +8,21 @@ PY=${PYTHON:-python3}
 STAMP=.venv/.deps-v3
 if [ -f "$STAMP" ]; then exit 0; fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
+LOG=.venv/setup.log
+echo "setting up .venv (pip's output: $LOG)"
 PIP=(.venv/bin/python -m pip install --disable-pip-version-check -q --progress-bar off)
 [ -d /opt/wheels ] && PIP+=(--find-links /opt/wheels)
-"${PIP[@]}" torch==2.13.0 setuptools wheel
-if .venv/bin/python -c 'import torch,sys; sys.exit(0 if torch.version.cuda else 1)'; then
-  "${PIP[@]}" fbgemm-gpu==1.8.0
+# pip's output goes to the log (its resolver always complains that torchrec's CUDA
+# fbgemm-gpu is missing, by design here); a failure prints the log's tail.
+pip_quiet() { "${PIP[@]}" "$@" >>"$LOG" 2>&1 || { tail -n 40 "$LOG"; exit 1; }; }
+pip_quiet torch==2.13.0 setuptools wheel
+if .venv/bin/python -c 'import torch,sys; sys.exit(0 if torch.version.cuda else 1)' 2>/dev/null; then
+  pip_quiet fbgemm-gpu==1.8.0
 else
-  "${PIP[@]}" fbgemm-gpu-cpu==1.8.0
+  pip_quiet fbgemm-gpu-cpu==1.8.0
 fi
-"${PIP[@]}" --no-deps torchrec==1.8.0
-"${PIP[@]}" tensordict torchmetrics==1.0.3 pyre-extensions iopath tqdm numpy pytest ninja matplotlib \
+pip_quiet --no-deps torchrec==1.8.0
+pip_quiet tensordict torchmetrics==1.0.3 pyre-extensions iopath tqdm numpy pytest ninja matplotlib \
   ruff==0.17.6 clang-format==21.1.8
 # The package itself, from this checkout: a .pth entry puts the checkout on the path (an
 # editable install without pip's build), and scripts/build_native.sh compiles the ops in
