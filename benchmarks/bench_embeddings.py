@@ -7,6 +7,11 @@ through DMP with their fused kernels; `nn.EmbeddingBag` trains with sparse SGD.
 
 `--step forward` times the pooled lookup alone (no backward, no update).
 
+Peers, what a user would pick instead: `mch` / `mch_cold` (TorchRec's managed-collision EBC,
+MCH remap into a table of --rows rows, row-wise) for the dynamic tables, and
+`std_eq_<variant>` (a TorchRec EBC holding the variant's bytes, ids mod its rows) for each
+compressed one. `vs peer` is a variant's ratio to the baseline over its peer's.
+
 Every speed is also a ratio to the baseline, measured in pairs: the baseline's process
 stays up, and each variant's process takes turns with it, round by round (--rounds of
 --iters steps each, order swapped every round). A round's ratio is the baseline's median
@@ -50,6 +55,22 @@ VARIANTS = {
     "dynamic_cold": "dynamic hashtable, cold: every id is new (all inserts)",
     "dynamic_cold_grow": "dynamic_cold with no rows reserved: storage grows as ids arrive",
     "dynamic_lifecycle": "dynamic, admit at 2nd sighting, LFU at capacity rows/2",
+    "mch": "TorchRec MC-EBC: MCH zero-collision remap into rows, row-wise (DMP), warm",
+    "mch_cold": "mch, every id new: the remap's insert path",
+    "std_eq_hashed_element": "TorchRec EBC of hashed_element's bytes, ids mod its rows",
+    "std_eq_hashed_block": "TorchRec EBC of hashed_block's bytes, ids mod its rows",
+    "std_eq_qr_mult": "TorchRec EBC of qr_mult's bytes, ids mod its rows",
+    "std_eq_qr_add": "TorchRec EBC of qr_add's bytes, ids mod its rows",
+    "std_eq_qr_concat": "TorchRec EBC of qr_concat's bytes, ids mod its rows",
+}
+
+# what a user would pick instead of each variant: `vs peer` is the variant's ratio to the
+# baseline over the peer's, both from the same run
+PEERS = {
+    "dynamic_warm": "mch", "dynamic_warm_per_table": "mch", "dynamic_lifecycle": "mch",
+    "dynamic_cold": "mch_cold", "dynamic_cold_grow": "mch_cold",
+    **{v: f"std_eq_{v}" for v in ("hashed_element", "hashed_block", "qr_mult", "qr_add", "qr_concat")},
+    "hashed_block_per_table": "std_eq_hashed_block", "qr_mult_per_table": "std_eq_qr_mult",
 }
 
 
@@ -101,6 +122,26 @@ def build(variant: str, args, device):
     T = range(args.tables)
     if variant == "baseline":
         return EmbeddingBagCollection([EmbeddingBagConfig(**common(t)) for t in T], device=torch.device("meta"))
+    if variant.startswith("std_eq_"):
+        rows = equal_memory_rows(variant[len("std_eq_"):], args)
+        return EmbeddingBagCollection([EmbeddingBagConfig(**dict(common(t), num_embeddings=rows)) for t in T],
+                                      device=torch.device("meta"))
+    if variant.startswith("mch"):
+        from torchrec.modules.mc_embedding_modules import ManagedCollisionEmbeddingBagCollection
+        from torchrec.modules.mc_modules import (
+            DistanceLFU_EvictionPolicy,
+            ManagedCollisionCollection,
+            MCHManagedCollisionModule,
+        )
+
+        tables = [EmbeddingBagConfig(**common(t)) for t in T]
+        # eviction_interval 1: each step's new ids get rows at once, as a dynamic table's do
+        mcs = {c.name: MCHManagedCollisionModule(zch_size=args.rows, device=torch.device("meta"),
+                                                 eviction_policy=DistanceLFU_EvictionPolicy(),
+                                                 eviction_interval=1) for c in tables}
+        return ManagedCollisionEmbeddingBagCollection(
+            EmbeddingBagCollection(tables, device=torch.device("meta")),
+            ManagedCollisionCollection(mcs, tables), return_remapped_features=False)
     if variant.startswith("hashed_"):
         mode = variant.split("_")[1]  # hashed_<mode>[_per_table]
         return HashedEmbeddingBagCollection(
@@ -128,6 +169,12 @@ def build(variant: str, args, device):
     raise ValueError(variant)
 
 
+def equal_memory_rows(variant: str, args) -> int:
+    """Rows per table of a TorchRec EBC holding what `variant` holds (its parameters, per
+    table, over dim x 4 bytes)."""
+    return max(1, table_bytes(build(variant, args, None)) // (args.tables * args.dim * 4))
+
+
 def table_bytes(module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
@@ -147,7 +194,7 @@ class Runner:
         self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         self.served = 0  # batches handed out: dynamic_cold shifts each one to unseen ids
         # dynamic_warm times only after every id has a row
-        warmup = max(args.warmup, len(self.batches)) if variant.startswith("dynamic_warm") else args.warmup
+        warmup = max(args.warmup, len(self.batches)) if variant.startswith(("dynamic_warm", "mch")) and variant != "mch_cold" else args.warmup
         for _ in range(warmup):
             self.step(self._next_batch())
         self.sync()
@@ -178,6 +225,7 @@ class Runner:
         from torchrec.distributed.model_parallel import DistributedModelParallel
         from torchrec.distributed.planner import ParameterConstraints, Topology
         from torchrec.distributed.types import ShardingEnv, ShardingType
+        from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
         from torchrec_ext.sharding import get_sharders, make_planner
 
@@ -189,9 +237,18 @@ class Runner:
         model = torch.nn.Module()
         model.ebc = build(self.variant, args, device)
         # *_per_table: table batching off, one native call per table
-        sharders = get_sharders(fused_params={"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": 0.01},
-                                table_batching=not self.variant.endswith("_per_table"))
-        constraints = {f"t{t}": ParameterConstraints(sharding_types=[ShardingType.TABLE_WISE.value])
+        fused = {"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": 0.01}
+        sharders = get_sharders(fused_params=fused, table_batching=not self.variant.endswith("_per_table"))
+        sharding_type, kernels = ShardingType.TABLE_WISE.value, None
+        if self.variant.startswith("mch"):  # TorchRec shards managed collisions row-wise only
+            from torchrec.distributed.mc_embeddingbag import ManagedCollisionEmbeddingBagCollectionSharder
+
+            from torchrec_ext.sharding import RowWiseCpuEmbeddingBagCollectionSharder
+
+            sharders = [ManagedCollisionEmbeddingBagCollectionSharder(
+                ebc_sharder=RowWiseCpuEmbeddingBagCollectionSharder(fused_params=fused))]
+            sharding_type, kernels = ShardingType.ROW_WISE.value, ["fused"]  # not UVM: no GPU here
+        constraints = {f"t{t}": ParameterConstraints(sharding_types=[sharding_type], compute_kernels=kernels)
                        for t in range(args.tables)}
         planner = make_planner(Topology(world_size=1, compute_device=device.type), batch_size=args.batch,
                                constraints=constraints)
@@ -199,9 +256,18 @@ class Runner:
         dmp = DistributedModelParallel(model, env=ShardingEnv.from_process_group(dist.GroupMember.WORLD),
                                        plan=plan, sharders=sharders, device=device)
 
+        mods = None
+        if self.variant.startswith("std_eq_"):  # what mod-hashing into fewer rows costs, in the step
+            mods = torch.tensor(equal_memory_rows(self.variant[len("std_eq_"):], args), device=device)
+
         def step(kjt):
             with torch.set_grad_enabled(args.step == "train"):
+                if mods is not None:
+                    kjt = KeyedJaggedTensor(kjt.keys(), kjt.values() % mods, lengths=kjt.lengths(),
+                                            stride=kjt.stride())
                 out = dmp.module.ebc(kjt)
+                if isinstance(out, tuple):  # an MC-EBC also returns the remapped ids
+                    out = out[0]
             if args.step == "train":
                 out.values().sum().backward()  # embedding tables update in backward (fused)
 
@@ -211,7 +277,7 @@ class Runner:
     def _next_batch(self):
         kjt = self.batches[self.served % len(self.batches)]
         self.served += 1
-        if self.variant.startswith("dynamic_cold"):  # every step brings ids no step has seen
+        if self.variant.startswith(("dynamic_cold", "mch_cold")):  # every step brings ids no step has seen
             kjt = _shift_ids(kjt, self.served << 40)
         return kjt
 
@@ -352,7 +418,7 @@ def measure(variants, args) -> list:
         # --iters steps over all its rounds, so its table spans what one run of --iters
         # steps creates however many rounds there are. An odd count of at least 3 keeps a
         # step that grows the index (a rehash) out of a round's median.
-        iters = max(3, -(-args.iters // args.rounds) | 1) if v.startswith("dynamic_cold") else args.iters
+        iters = max(3, -(-args.iters // args.rounds) | 1) if v.startswith(("dynamic_cold", "mch_cold")) else args.iters
         times, ratios = [], []
         for r in range(args.rounds):
             if child is base:
@@ -382,6 +448,11 @@ def measure(variants, args) -> list:
         b["ids_per_s"] = ids_per_step(args) / (b["step_ms"] / 1e3)
         b.update(base.stats())
         base.close()
+    by_name = {r["variant"]: r for r in results}
+    for r in results:
+        peer = by_name.get(PEERS.get(r["variant"], ""))
+        r["peer"] = peer["variant"] if peer else None
+        r["vs_peer"] = r["ratio"] / peer["ratio"] if peer and r["ratio"] and peer["ratio"] else None
     copy = copy_bandwidth(args.device, args.threads)  # with no child alive
     for r in results:
         r["copy_bytes_per_s"] = copy
@@ -413,7 +484,7 @@ def _local_tensors(state):
 
 def print_table(results):
     hdr = (f"{'variant':<24}{'ids/s':>14}{'vs baseline':>13}{'rounds':>14}{'step ms':>10}{'GB/s':>8}"
-           f"{'of copy':>9}{'table MB':>11}{'peak RSS MB':>13}")
+           f"{'of copy':>9}{'table MB':>11}{'peak RSS MB':>13}{'vs peer':>9}  peer")
     print(hdr)
     print("-" * len(hdr))
     for r in results:
@@ -421,7 +492,8 @@ def print_table(results):
         spread = (f"{min(r['ratio_rounds']):.2f}-{max(r['ratio_rounds']):.2f}" if r["ratio_rounds"] else "-")
         print(f"{r['variant']:<24}{r['ids_per_s']:>14,.0f}{ratio:>13}{spread:>14}{r['step_ms']:>10.1f}"
               f"{r['bytes_per_s'] / 1e9:>8.1f}{r['of_copy_bandwidth']:>9.0%}"
-              f"{r['table_bytes'] / 2**20:>11.1f}{r['peak_rss_bytes'] / 2**20:>13.0f}")
+              f"{r['table_bytes'] / 2**20:>11.1f}{r['peak_rss_bytes'] / 2**20:>13.0f}"
+              + (f"{r['vs_peer']:>8.2f}x  {r['peer']}" if r.get("vs_peer") is not None else f"{'-':>9}"))
 
 
 def plot(results, path):

@@ -51,6 +51,35 @@ def test_benchmark_writes_its_table(tmp_path):
         assert r["of_copy_bandwidth"] == pytest.approx(r["bytes_per_s"] / r["copy_bytes_per_s"])
 
 
+def test_peers_hold_what_their_variant_holds_and_give_its_ratio(tmp_path):
+    """The peers a user would pick instead: an EBC of a compressed variant's bytes, and
+    TorchRec's managed-collision EBC for a dynamic table; `vs peer` = the two ratios'
+    quotient (fields and formulas only, no timing asserted)."""
+    variants = ["baseline", "qr_mult", "std_eq_qr_mult", "hashed_element", "std_eq_hashed_element",
+                "dynamic_warm", "mch", "mch_cold"]
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "bench_embeddings.py"), "--tables", "2",
+           "--rows", "5000", "--dim", "16", "--batch", "64", "--iters", "1", "--rounds", "1", "--warmup", "1",
+           "--batches", "1", "--variants", ",".join(variants), "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "vs peer" in proc.stdout
+    results = {r["variant"]: r for r in json.load(open(tmp_path / "bench_cpu.json"))["results"]}
+    row = 16 * 4
+    for v in ("qr_mult", "hashed_element"):
+        peer = results[f"std_eq_{v}"]
+        # the same bytes, to a row per table
+        assert 0 <= results[v]["table_bytes"] - peer["table_bytes"] < 2 * row
+        assert results[v]["peer"] == f"std_eq_{v}"
+        assert results[v]["vs_peer"] == pytest.approx(results[v]["ratio"] / peer["ratio"])
+    assert results["qr_mult"]["table_bytes"] == 2 * (5 + 1000) * row
+    d = results["dynamic_warm"]
+    assert d["peer"] == "mch" and d["vs_peer"] == pytest.approx(d["ratio"] / results["mch"]["ratio"])
+    # the MC-EBC holds a full table of --rows rows, and its remap state besides
+    assert results["mch"]["table_bytes"] >= 2 * 5000 * row
+    for name in ("baseline", "mch", "mch_cold"):
+        assert results[name]["vs_peer"] is None
+
+
 def test_benchmark_times_the_forward_pass_alone(tmp_path):
     """--step forward times the pooled lookup only, and the bandwidth bound counts the
     forward pass's traffic: rows read, ids, pooled output."""

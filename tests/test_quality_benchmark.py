@@ -151,6 +151,19 @@ def test_each_kind_fits_its_budget_and_mod_hash_reads_id_mod_rows():
     torch.testing.assert_close(m(kjt)["f"], w[ids % w.shape[0]])
 
 
+def test_low_rank_pools_low_rows_then_maps_them_up():
+    specs = [tables.TableSpec("t", 5000, "f")]
+    m = tables.build("lowrank", specs, 16, 4)
+    w = m.ebc.embedding_bags["t"].weight
+    assert w.shape == (5000, 3)  # 5000 * 16 / 4 bytes hold 3 columns plus the 3 x 16 map
+    ids, lengths = torch.tensor([3, 628, 4999, 0, 17]), torch.tensor([2, 0, 3], dtype=torch.int32)
+    kjt = KeyedJaggedTensor(["f"], ids, lengths=lengths)
+    bags = torch.stack([w[ids[:2]].sum(0), torch.zeros(3), w[ids[2:]].sum(0)])
+    torch.testing.assert_close(m(kjt)["f"], bags @ m.maps["f"].weight.t())
+    with pytest.raises(tables.BudgetError):
+        tables.build("lowrank", specs, 16, 64)
+
+
 @pytest.mark.parametrize("fmt", ["lists", "ratings", "criteo"])
 def test_the_sweep_runs_end_to_end_on_a_tiny_file(tmp_path, fmt):
     path = tmp_path / "data"

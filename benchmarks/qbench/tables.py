@@ -62,6 +62,33 @@ class ModHash(torch.nn.Module):
                                           stride=kjt.stride()))
 
 
+class LowRank(torch.nn.Module):
+    """A full-height TorchRec EBC at a smaller dimension r, then a learned r -> dim map per
+    table (pooling commutes with it): the other thing a user picks instead of a compressed
+    table. r is the largest that fits the budget with the map."""
+
+    def __init__(self, specs: Sequence[TableSpec], dim: int, factor: float, fused_params=None):
+        super().__init__()
+        ranks = {}
+        for s in specs:
+            r = int(s.num_embeddings * dim / factor) // (s.num_embeddings + dim)
+            if r < 1:
+                raise BudgetError(f"{s.name}: no rank fits 1/{factor:g} of {s.num_embeddings} x {dim}")
+            ranks[s.name] = min(r, dim)
+        self.ebc = EmbeddingBagCollection(tables=[
+            EmbeddingBagConfig(name=s.name, num_embeddings=s.num_embeddings,
+                               embedding_dim=ranks[s.name], feature_names=[s.feature]) for s in specs])
+        self.maps = torch.nn.ModuleDict({s.feature: torch.nn.Linear(ranks[s.name], dim, bias=False)
+                                         for s in specs})
+
+    def forward(self, kjt: KeyedJaggedTensor) -> KeyedTensor:
+        low = self.ebc(kjt).to_dict()
+        keys = list(low)
+        values = [self.maps[k](low[k]) for k in keys]
+        return KeyedTensor(keys=keys, length_per_key=[v.shape[1] for v in values],
+                           values=torch.cat(values, dim=1))
+
+
 def _qr_layout(n: int, rows_budget: int) -> Dict[str, object]:
     """The QR layout (2 partitions, else 3) whose partition tables fit `rows_budget` rows in
     all, with the largest first factor (the remainder table): a mod-hash table of about the
@@ -126,6 +153,7 @@ def dynamic_lfu(specs: Sequence[TableSpec], dim: int, factor: float, fused_param
 KINDS: Dict[str, Callable] = {
     "full": full,
     "modhash": ModHash,
+    "lowrank": LowRank,
     "qr_mult": qr("mult"),
     "qr_add": qr("add"),
     "qr_concat": qr("concat"),
