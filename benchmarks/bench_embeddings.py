@@ -65,6 +65,14 @@ VARIANTS = {
     "std_eq_qr_concat": "TorchRec EBC of qr_concat's bytes, ids mod its rows",
 }
 
+MCH_LAZY_INTERVAL = 100  # steps between mch_lazy's merges of new ids into its remap
+
+
+def is_cold(variant: str) -> bool:
+    """Every step of a cold variant brings ids no step has seen."""
+    return variant.startswith(("dynamic_cold", "mch_cold"))
+
+
 # what a user would pick instead of each variant: `vs peer` is the variant's ratio to the
 # baseline over the peer's, both from the same run
 PEERS = {
@@ -138,7 +146,7 @@ def build(variant: str, args, device):
         tables = [EmbeddingBagConfig(**common(t)) for t in T]
         # eviction_interval 1: each step's new ids get rows at once, as a dynamic table's do;
         # mch_lazy merges them every 100 steps (a timed median mostly misses that step)
-        interval = 100 if variant == "mch_lazy" else 1
+        interval = MCH_LAZY_INTERVAL if variant == "mch_lazy" else 1
         mcs = {c.name: MCHManagedCollisionModule(zch_size=args.rows, device=torch.device("meta"),
                                                  eviction_policy=DistanceLFU_EvictionPolicy(),
                                                  eviction_interval=interval) for c in tables}
@@ -201,7 +209,7 @@ class Runner:
         if variant.startswith("dynamic_warm") or variant == "mch":
             warmup = max(warmup, len(self.batches))
         elif variant == "mch_lazy":  # past its first merge of the history
-            warmup = max(warmup, len(self.batches), 101)
+            warmup = max(warmup, len(self.batches), MCH_LAZY_INTERVAL + 1)
         for _ in range(warmup):
             self.step(self._next_batch())
         self.sync()
@@ -243,6 +251,9 @@ class Runner:
         dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
         model = torch.nn.Module()
         model.ebc = build(self.variant, args, device)
+        mods = None
+        if self.variant.startswith("std_eq_"):  # what mod-hashing into fewer rows costs, in the step
+            mods = torch.tensor(model.ebc.embedding_bag_configs()[0].num_embeddings, device=device)
         # *_per_table: table batching off, one native call per table
         fused = {"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": 0.01}
         sharders = get_sharders(fused_params=fused, table_batching=not self.variant.endswith("_per_table"))
@@ -263,10 +274,6 @@ class Runner:
         dmp = DistributedModelParallel(model, env=ShardingEnv.from_process_group(dist.GroupMember.WORLD),
                                        plan=plan, sharders=sharders, device=device)
 
-        mods = None
-        if self.variant.startswith("std_eq_"):  # what mod-hashing into fewer rows costs, in the step
-            mods = torch.tensor(equal_memory_rows(self.variant[len("std_eq_"):], args), device=device)
-
         def step(kjt):
             with torch.set_grad_enabled(args.step == "train"):
                 if mods is not None:
@@ -284,7 +291,7 @@ class Runner:
     def _next_batch(self):
         kjt = self.batches[self.served % len(self.batches)]
         self.served += 1
-        if self.variant.startswith(("dynamic_cold", "mch_cold")):  # every step brings ids no step has seen
+        if is_cold(self.variant):
             kjt = _shift_ids(kjt, self.served << 40)
         return kjt
 
@@ -425,7 +432,7 @@ def measure(variants, args) -> list:
         # --iters steps over all its rounds, so its table spans what one run of --iters
         # steps creates however many rounds there are. An odd count of at least 3 keeps a
         # step that grows the index (a rehash) out of a round's median.
-        iters = max(3, -(-args.iters // args.rounds) | 1) if v.startswith(("dynamic_cold", "mch_cold")) else args.iters
+        iters = max(3, -(-args.iters // args.rounds) | 1) if is_cold(v) else args.iters
         times, ratios = [], []
         for r in range(args.rounds):
             if child is base:
