@@ -3,16 +3,20 @@ project's planner, sharded by DistributedModelParallel over N CPU processes (glo
 with TorchRec's TrainPipelineSparseDist, and compared for quality, memory and speed.
 
 Per feature, a table is standard (small vocabularies, or the "full" variant) or one of the
-variants (vocabularies of at least --large ids): hashed (block mode), QR (mult), or dynamic
-(raw 64-bit ids, a row per id seen). Each variant trains in its own world of processes;
+variants (vocabularies of at least --large ids): hashed (block mode), QR (mult), dynamic
+(raw 64-bit ids, a row per id seen), or mixed (the large tables take the three kinds in turn). Each variant trains in its own world of processes;
 then a table of embedding memory, throughput, test AUC and log loss, and a plot of AUC vs
 memory, are written to --out.
 
     python examples/dlrm_main.py                                  # generated Criteo-layout data
     python examples/dlrm_main.py --variants full,qr --steps 50 --world-size 4
     python examples/dlrm_main.py --data day_0.tsv --test-data day_1.tsv   # real Criteo TSV
-    python examples/dlrm_main.py --variants dynamic --steps 100 --save ckpt/
+    python examples/dlrm_main.py --variants dynamic --steps 100 --save ckpt/ --save-every 20
     python examples/dlrm_main.py --variants dynamic --steps 200 --resume ckpt/ --world-size 3
+
+`--save` checkpoints atomically (ckpt/step_<N>, every --save-every steps and at the end);
+`--resume` takes a checkpoint or such a folder, whose newest complete checkpoint it loads,
+so a job killed at any moment restarts where its last checkpoint left it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import faulthandler
 import gc
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -37,6 +42,23 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from quiet import quiet_known_warnings  # noqa: E402
 
 VARIANTS = ("full", "hashed", "qr", "dynamic")
+MIXED_KINDS = ("hashed", "qr", "dynamic")  # the "mixed" variant's large tables, in turn
+
+
+def table_kinds(variant: str, args):
+    """Per feature: "full" (a standard table) or the kind of table it gets."""
+    from criteo_data import VOCAB
+
+    kinds, large = [], 0
+    for n in VOCAB:
+        if variant == "full" or n < args.large:
+            kinds.append("full")
+        elif variant == "mixed":
+            kinds.append(MIXED_KINDS[large % len(MIXED_KINDS)])
+            large += 1
+        else:
+            kinds.append(variant)
+    return kinds
 
 
 def build_model(variant: str, args):
@@ -49,23 +71,24 @@ def build_model(variant: str, args):
     import torchrec_ext as trx
 
     meta = torch.device("meta")
-    std, ext = [], []
-    for f, n in zip(CATEGORICAL, VOCAB):
+    configs = {k: [] for k in ("full", *MIXED_KINDS)}
+    for f, n, kind in zip(CATEGORICAL, VOCAB, table_kinds(variant, args)):
         common = dict(name=f"t_{f}", num_embeddings=n, embedding_dim=args.dim, feature_names=[f])
-        if variant == "full" or n < args.large:
-            std.append(EmbeddingBagConfig(**common))
-        elif variant == "hashed":
-            ext.append(trx.HashedEmbeddingBagConfig(**common, mode="block", compression=args.compression))
-        elif variant == "qr":
-            ext.append(trx.QREmbeddingBagConfig(**common, num_collisions=args.qr_collisions,
-                                            operation=args.qr_operation))
+        if kind == "full":
+            configs[kind].append(EmbeddingBagConfig(**common))
+        elif kind == "hashed":
+            configs[kind].append(trx.HashedEmbeddingBagConfig(**common, mode="block", compression=args.compression))
+        elif kind == "qr":
+            configs[kind].append(trx.QREmbeddingBagConfig(**common, num_collisions=args.qr_collisions,
+                                                          operation=args.qr_operation))
         else:
-            ext.append(trx.DynamicEmbeddingBagConfig(**common))
-    collections = [EmbeddingBagCollection(tables=std, device=meta)]
-    if ext:
-        cls = {"hashed": trx.HashedEmbeddingBagCollection, "qr": trx.QREmbeddingBagCollection,
-               "dynamic": trx.DynamicEmbeddingBagCollection}[variant]
-        collections.append(cls(tables=ext, device=meta))
+            configs[kind].append(trx.DynamicEmbeddingBagConfig(**common))
+    collections = [EmbeddingBagCollection(tables=configs["full"], device=meta)]
+    classes = {"hashed": trx.HashedEmbeddingBagCollection, "qr": trx.QREmbeddingBagCollection,
+               "dynamic": trx.DynamicEmbeddingBagCollection}
+    for kind in MIXED_KINDS:
+        if configs[kind]:
+            collections.append(classes[kind](tables=configs[kind], device=meta))
     mixed = MixedCollections(collections)
     dlrm = DLRM(embedding_bag_collection=mixed, dense_in_features=len(DENSE),
                 dense_arch_layer_sizes=[64, args.dim], over_arch_layer_sizes=[64, 32, 1],
@@ -101,9 +124,9 @@ class MixedSparseArch(SparseArch):
 
 
 def make_data(variant: str, args, split: str):
-    from criteo_data import VOCAB, CriteoTSV, SyntheticCriteo
+    from criteo_data import CriteoTSV, SyntheticCriteo
 
-    raw = [variant == "dynamic" and n >= args.large for n in VOCAB]
+    raw = [kind == "dynamic" for kind in table_kinds(variant, args)]
     paths = args.data if split == "train" else args.test_data
     if paths:
         return CriteoTSV(paths, args.batch_size, raw_ids=raw)
@@ -148,7 +171,6 @@ def worker(rank: int, world_size: int, port: int, variant: str, args, result_pat
 
 
 def train_and_eval(rank: int, world_size: int, variant: str, args, result_path: str) -> None:
-    import torch.distributed.checkpoint as dcp
     from fbgemm_gpu.split_embedding_configs import EmbOptimType
     from torchmetrics.functional.classification import binary_auroc
     from torchrec.distributed.model_parallel import DistributedModelParallel
@@ -159,7 +181,7 @@ def train_and_eval(rank: int, world_size: int, variant: str, args, result_path: 
     from torchrec.optim.optimizers import in_backward_optimizer_filter
     from tqdm import tqdm
 
-    from torchrec_ext.sharding import get_sharders, make_planner
+    from torchrec_ext.sharding import get_sharders, load_checkpoint, make_planner
 
     torch.manual_seed(args.seed)
     model = build_model(variant, args)
@@ -178,15 +200,18 @@ def train_and_eval(rank: int, world_size: int, variant: str, args, result_path: 
     if args.resume:
         state = dmp.state_dict()
         state["step"] = torch.tensor(0)
-        dcp.load(state, checkpoint_id=args.resume)
+        path = load_checkpoint(state, args.resume)
         start = int(state.pop("step"))
         dmp.load_state_dict(state)
+        if rank == 0:
+            print(f"[{variant}] resumed from {path} at step {start}", flush=True)
     steps = max(args.steps - start, 0)
     pipeline = TrainPipelineSparseDist(dmp, optimizer, torch.device("cpu"))
     batches = iter(make_data(variant, args, "train").batches(rank, world_size, start, steps))
     losses = []
     bar = tqdm(total=steps, desc=f"{variant} ({world_size} procs)", disable=rank != 0 or not args.progress,
                leave=False)
+    fault = tuple(int(x) for x in args.fault_sigkill.split(":")) if args.fault_sigkill else None
     t0 = time.perf_counter()
     for step in range(start, start + steps):
         loss, _, _ = pipeline.progress(batches)  # DLRMTrain: (loss, logits, labels)
@@ -196,12 +221,15 @@ def train_and_eval(rank: int, world_size: int, variant: str, args, result_path: 
         bar.update(1)
         if rank == 0 and not args.progress and (step % args.log_every == 0 or step == start + steps - 1):
             print(f"[{variant}] step {step:5d}  loss {losses[-1]:.5f}", flush=True)
+        done = step + 1
+        if args.save and args.save_every and done % args.save_every == 0 and done < start + steps:
+            save(dmp, args, done)
+        if fault is not None and fault == (rank, done):
+            os.kill(os.getpid(), signal.SIGKILL)  # --fault-sigkill: a rank dies mid-run
     elapsed = time.perf_counter() - t0
     bar.close()
     if args.save:
-        state = dmp.state_dict()
-        state["step"] = torch.tensor(start + steps)
-        dcp.save(state, checkpoint_id=args.save)
+        save(dmp, args, start + steps)
     # test AUC and log loss on held-out batches (all ranks' predictions gathered)
     # (through the pipeline: it has rewritten the sharded modules' forward)
     dmp.eval()
@@ -235,6 +263,14 @@ def train_and_eval(rank: int, world_size: int, variant: str, args, result_path: 
             json.dump(result, f)
     # every rank done with its collectives before the group goes
     dist.barrier()
+
+
+def save(dmp, args, step: int) -> None:
+    from torchrec_ext.sharding import save_checkpoint
+
+    state = dmp.state_dict()
+    state["step"] = torch.tensor(step)
+    save_checkpoint(state, args.save, step, keep=args.keep)
 
 
 def run_variant(variant: str, args) -> dict:
@@ -285,7 +321,7 @@ def report(results, args) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--variants", default=",".join(VARIANTS), help="of full, hashed, qr, dynamic, mixed")
     p.add_argument("--world-size", type=int, default=2)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=2048, help="global batch (split over the processes)")
@@ -300,8 +336,13 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", nargs="*", help="Criteo TSV files to train on (default: generated data)")
     p.add_argument("--test-data", nargs="*", help="Criteo TSV files to evaluate on")
-    p.add_argument("--save", help="DCP checkpoint directory written after training (one variant)")
-    p.add_argument("--resume", help="DCP checkpoint to continue from (any number of processes)")
+    p.add_argument("--save", help="folder of atomic DCP checkpoints (step_<N>), written at the end (one variant)")
+    p.add_argument("--save-every", type=int, default=0, help="also checkpoint every this many steps")
+    p.add_argument("--keep", type=int, default=2, help="complete checkpoints kept in --save")
+    p.add_argument("--resume", help="a checkpoint, or a --save folder (its newest complete checkpoint), "
+                   "to continue from on any number of processes")
+    p.add_argument("--fault-sigkill", metavar="RANK:STEP",
+                   help="fault injection for tests: that rank kills itself (SIGKILL) after that step")
     p.add_argument("--out", default="examples/results")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--log-every", type=int, default=100, help="steps between progress lines (no terminal)")
@@ -309,9 +350,11 @@ def main() -> None:
     args = p.parse_args()
     quiet_known_warnings()
     variants = [v for v in args.variants.split(",") if v]
-    bad = [v for v in variants if v not in VARIANTS]
+    bad = [v for v in variants if v not in (*VARIANTS, "mixed")]
     if bad:
-        p.error(f"unknown variants {bad}; choose from {VARIANTS}")
+        p.error(f"unknown variants {bad}; choose from {(*VARIANTS, 'mixed')}")
+    if args.save_every and not args.save:
+        p.error("--save-every needs --save")
     if (args.save or args.resume) and len(variants) != 1:
         p.error("--save and --resume take one variant")
     if args.data and not args.test_data:

@@ -312,6 +312,39 @@ def checkpoint_load(rank, world_size, ckpt_dir, **_):
     torch.testing.assert_close(out, ref(kjt_for(batch, 0, n), kjt_for(wbatch, 0, n))[lo:hi], atol=1e-5, rtol=1e-5)
 
 
+def torn_checkpoint(rank, world_size, ckpt_dir, **_):
+    """An atomic checkpoint saved by every rank, then one rank's shard file cut short: every
+    rank's load raises CheckpointError naming that file (none hangs), and nothing loads."""
+    from torchrec_ext.sharding import CheckpointError, load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    dmp = shard_model(TwoCollections(), world_size, ShardingType.ROW_WISE.value,
+                      {"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": LR})
+    root = os.path.join(ckpt_dir, f"atomic_w{world_size}")
+    path = save_checkpoint(dmp.state_dict(), root, step=1)
+    victim = f"__{world_size - 1}_0.distcp"
+    if rank == 0:
+        with open(os.path.join(path, victim), "r+b") as f:
+            f.truncate(10)
+    dist.barrier()
+    torch.manual_seed(5)
+    fresh = shard_model(TwoCollections(), world_size, ShardingType.ROW_WISE.value,
+                        {"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": LR})
+    before = {k: v.clone() for k, v in local_pieces_of(fresh.state_dict()).items()}
+    try:
+        load_checkpoint(fresh.state_dict(), root)
+    except CheckpointError as e:
+        assert victim in str(e) and "truncated" in str(e), str(e)
+    else:
+        raise AssertionError("a truncated shard loaded")
+    for k, v in local_pieces_of(fresh.state_dict()).items():
+        assert torch.equal(v, before[k]), k
+
+
+def local_pieces_of(state):
+    return {f"{k}.{i}": p[0] for k, v in state.items() if torch.is_tensor(v) for i, p in enumerate(local_pieces(v))}
+
+
 # Dynamic-table scenarios run in the same worlds (one spawn per world size).
 import dist_dynamic_scenarios as _dynamic  # noqa: E402
 

@@ -18,8 +18,8 @@ def worlds(tmp_path_factory):
     out = {}
     out[2] = run_world(2, "dist_scenarios", sc.EQUIVALENCE + CHECKPOINT + sc.DYNAMIC_EQUIVALENCE
                        + ["dyn_checkpoint_save"], str(tmp_path_factory.mktemp("w2")), ckpt_dir=ckpt)
-    out[4] = run_world(4, "dist_scenarios", sc.EQUIVALENCE + ["checkpoint_load"] + sc.DYNAMIC_EQUIVALENCE
-                       + ["dyn_checkpoint_load"], str(tmp_path_factory.mktemp("w4")), ckpt_dir=ckpt)
+    out[4] = run_world(4, "dist_scenarios", sc.EQUIVALENCE + ["checkpoint_load", "torn_checkpoint"]
+                       + sc.DYNAMIC_EQUIVALENCE + ["dyn_checkpoint_load"], str(tmp_path_factory.mktemp("w4")), ckpt_dir=ckpt)
     out["ckpt"] = ckpt
     return out
 
@@ -42,6 +42,10 @@ def test_checkpoint_saved_row_wise_on_2_ranks(worlds):
 def test_checkpoint_loads_column_wise_on_4_ranks(worlds):
     _check(worlds, 2, "checkpoint_save")
     _check(worlds, 4, "checkpoint_load")
+
+
+def test_a_torn_checkpoint_raises_on_every_rank_and_loads_nothing(worlds):
+    _check(worlds, 4, "torn_checkpoint")
 
 
 def test_checkpoint_loads_unsharded_in_one_process(worlds):

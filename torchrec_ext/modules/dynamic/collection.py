@@ -178,9 +178,11 @@ class DynamicEmbeddingBagCollection(ExtEmbeddingBagCollection):
         config = self._embedding_bag_configs[index]
         check_ids(config.name, values, None, None)
         holder = self._tables[index]
-        looked = holder.rows.lookup(values.long(), insert=self.training, step=holder.steps)
-        holder.adopt_blocks()
         w = weights.float() if weights is not None else None
-        if self._fused is not None:
-            return self._fused.lookup(self._optim_key(config.name), looked, offsets.long(), w, self._pooling[index])
-        return holder.rows.pool(looked, offsets.long(), w, self._pooling[index])
+        with holder.rows.lock:  # no other thread's eviction between the lookup and the pooling
+            looked = holder.rows.lookup(values.long(), insert=self.training, step=holder.steps)
+            holder.adopt_blocks()
+            if self._fused is not None:
+                return self._fused.lookup(self._optim_key(config.name), looked, offsets.long(), w,
+                                          self._pooling[index])
+            return holder.rows.pool(looked, offsets.long(), w, self._pooling[index])

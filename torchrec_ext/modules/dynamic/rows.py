@@ -10,12 +10,19 @@ A new row gets its initial values from (key, global column) alone (initializers.
 which makes a table the same function of its ids under every plan. Admission decides which
 unseen ids get a row; eviction which rows go. `KeyedRows` is how rows travel in a state
 dict or a delta.
+
+Threads may share a table: each `DynamicRows` has a re-entrant lock that its public
+operations (lookups with their inserts and evictions, updates, export, load) hold, so
+each is atomic with respect to the others; `lookup_batch` takes its stores' locks in one
+order. Callers that pool rows after a lookup hold `lock` over both (no eviction in between).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -78,6 +85,14 @@ class Lookup:
     real_rows: int
 
 
+def _locked(method):
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self.lock:
+            return method(self, *args, **kwargs)
+    return run
+
+
 class DynamicRows:
     def __init__(self, name: str, dim: int, dtype: torch.dtype, device: torch.device,
                  block_size: int, initial_capacity: int, max_capacity: Optional[int],
@@ -101,7 +116,18 @@ class DynamicRows:
         self.stats = {"admitted": 0, "rejected": 0, "evicted": 0}
         self.step = 0  # the training step of the current / last lookup
         self.eviction_log: List[Tuple[int, torch.Tensor]] = []
+        self.lock = threading.RLock()
         self._cover(max(initial_capacity, 1))  # kernels need one block, even for no rows
+
+    # pickling / deepcopy: the lock is recreated
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        del state["lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.lock = threading.RLock()
 
     # --- storage ---
     @property
@@ -140,6 +166,7 @@ class DynamicRows:
                 grown[: t.numel()] = t
                 self.meta[m] = grown
 
+    @_locked
     def set_optimizer_state(self, widths: Dict[str, int]) -> None:
         """Gives every row optimizer state of these widths (zeros), kept next to the row."""
         if self.state_widths and self.state_widths != widths:
@@ -155,6 +182,7 @@ class DynamicRows:
         return [b.data if isinstance(b, torch.nn.Parameter) else b for b in self.blocks]
 
     # --- lookups ---
+    @_locked
     def lookup(self, keys: torch.Tensor, insert: bool, step: Optional[int] = None) -> Lookup:
         """Rows of the keys. Training (insert): absent keys the admission policy admits get
         a new, initialised row; the others read initializer values from scratch rows.
@@ -277,18 +305,21 @@ class DynamicRows:
         blocks = self.blocks + looked.blocks[len(self.blocks):] if self.trainable_blocks else looked.blocks
         return dyn_ops.dynamic_bag(blocks, looked.rows, offsets, per_sample_weights, pooling, self.missing_value)
 
+    @_locked
     def values(self, rows: torch.Tensor) -> torch.Tensor:
         """Float32 values of the given rows."""
         if rows.numel() == 0:
             return torch.empty(0, self.dim, device=self.device)
         return _ops.block_rows_gather(self._raw_blocks(), rows)
 
+    @_locked
     def state(self, rows: torch.Tensor) -> Dict[str, torch.Tensor]:
         return {n: (_ops.block_rows_gather(b, rows) if rows.numel() else
                     torch.empty(0, self.state_widths[n], device=self.device))
                 for n, b in self.state_blocks.items()}
 
     @torch.no_grad()
+    @_locked
     def write(self, rows: torch.Tensor, values: torch.Tensor, state: Dict[str, torch.Tensor]) -> None:
         """Sets values and optimizer state of distinct rows, stamping them as changed now."""
         if rows.numel() == 0:
@@ -298,6 +329,7 @@ class DynamicRows:
             _ops.block_rows_scatter_(self.state_blocks[n], rows, v, 1.0, False)
         self.meta["updated"][rows] = self.step
 
+    @_locked
     @torch.no_grad()
     def add_to_rows(self, rows: torch.Tensor, delta: torch.Tensor, alpha: float) -> None:
         """rows += alpha * delta (rows distinct)."""
@@ -306,11 +338,13 @@ class DynamicRows:
             self.meta["updated"].index_fill_(0, rows, self.step)
 
     # --- lifecycle ---
+    @_locked
     def row_view(self) -> RowView:
         keys, rows = self.table.export()
         return RowView(keys=keys, last_seen=self.meta["last_seen"][rows], count=self.meta["count"][rows],
                        created=self.meta["created"][rows], values=lambda: self.values(rows))
 
+    @_locked
     def evict(self) -> int:
         """Runs the eviction policy's expiry now; returns the number of rows removed."""
         if self.eviction is None:
@@ -321,6 +355,7 @@ class DynamicRows:
             return 0
         return self.erase(view.keys[mask])
 
+    @_locked
     def erase(self, keys: torch.Tensor) -> int:
         freed = self.table.erase(keys)
         if freed.numel():
@@ -330,6 +365,7 @@ class DynamicRows:
                         int(freed.numel()), len(self))
         return int(freed.numel())
 
+    @_locked
     def statistics(self) -> Dict[str, float]:
         cap = self.table.max_rows
         allocated = len(self.blocks) * self.block_size
@@ -338,6 +374,7 @@ class DynamicRows:
                 "step": self.step, **self.stats}
 
     # --- state ---
+    @_locked
     def export(self, since_step: Optional[int] = None) -> KeyedRows:
         """Every row held (keys sorted), or only those changed at or after since_step plus the
         keys erased since then (`deleted`)."""
@@ -356,9 +393,11 @@ class DynamicRows:
             out.pending_keys, out.pending_counts = counted
         return out
 
+    @_locked
     def keys(self) -> torch.Tensor:
         return self.table.export()[0]
 
+    @_locked
     @torch.no_grad()
     def load(self, entry: KeyedRows, col_slice: Optional[slice] = None) -> None:
         """Inserts (or overwrites) the entry's rows: values, optimizer state, metadata."""
@@ -387,6 +426,7 @@ class DynamicRows:
             if m in entry.metadata:
                 self.meta[m][rows] = entry.metadata[m].to(self.device)
 
+    @_locked
     def clear(self) -> None:
         self.table.clear(self.initial_capacity)
         self.admission = self.admission.fresh()
@@ -407,10 +447,18 @@ def lookup_batch(stores: Sequence[DynamicRows], keys: torch.Tensor, key_ends: Se
     if device.type == "meta":  # shape-only (planning, tracing): no table to consult
         rows = torch.zeros_like(keys)
         return rows, [Lookup(rows[a:b], s.blocks, len(s.blocks) * s.block_size) for s, (a, b) in zip(stores, spans)]
+    distinct = sorted({id(s): s for s in stores}.values(), key=id)  # one lock order for every caller
+    with contextlib.ExitStack() as held:
+        for s in distinct:
+            held.enter_context(s.lock)
+        return _lookup_locked(stores, distinct, keys, key_ends, spans, insert, steps)
+
+
+def _lookup_locked(stores, distinct, keys, key_ends, spans, insert, steps):
+    device = keys.device
     if insert:
         for s, step in zip(stores, steps or [None] * len(stores)):
             s._begin_step(step)
-    distinct = sorted({id(s): s for s in stores}.values(), key=id)  # one lock order for every caller
     with contextlib.ExitStack() as held:
         index = {id(s): held.enter_context(s.table.locked_index()) for s in distinct}
         stamps = ([s.meta["last_seen"] for s in stores], [s.meta["count"] for s in stores],
