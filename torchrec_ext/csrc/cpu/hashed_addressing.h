@@ -126,6 +126,40 @@ struct Addresser {
     }
   }
 
+  // Element mode, D a multiple of 8: the buffer elements of column groups [g0, g1) of an id
+  // (group g: columns 8g .. 8g + 7) into addr[8g ..] and their sign bits (bit k: column
+  // 8g + k is negated) into neg[g]; prefetches them. 8 lanes at once where the ISA has
+  // them, else the same arithmetic one column at a time.
+  void element_addresses(int64_t local_id, int64_t g0, int64_t g1, const float* w, int64_t* addr,
+                         uint8_t* neg) const {
+    const int64_t base = region(local_id) * L.slots;
+    const uint64_t h0 = id_hash(local_id + L.id_offset, L.seed);
+    const int64_t col0 = L.col_offset;
+#if TRX_VEC_HASH
+    if (vec_elements) {
+      for (int64_t g = g0; g < g1; ++g) {
+        __mmask8 m;
+        _mm512_storeu_si512(addr + 8 * g, element_addr8(h0, base, col0 + 8 * g, 8 * g, m));
+        neg[g] = m;
+        for (int k = 0; k < 8; ++k) prefetch_l2(w + addr[8 * g + k]);
+      }
+      return;
+    }
+#endif
+    for (int64_t g = g0; g < g1; ++g) {
+      uint8_t m = 0;
+      for (int k = 0; k < 8; ++k) {
+        const int64_t c = 8 * g + k;
+        const uint64_t h = col_hash(h0, col0 + c);
+        if (L.is_signed && (h >> 63)) m |= static_cast<uint8_t>(1u << k);
+        const int64_t a = (base + static_cast<int64_t>(slots.mod(h & kLow63))) * D + c;
+        addr[c] = a;
+        prefetch_l2(w + a);
+      }
+      neg[g] = m;
+    }
+  }
+
 #if TRX_VEC_HASH
   // Element mode: the segments of columns c .. c + 7 of one id (hash h0, region rows
   // from `base`; gcol is column c's global index), the arithmetic 8 lanes wide.
@@ -153,20 +187,6 @@ struct Addresser {
     for (int k = 0; k < 8; ++k) {
       seg[k] = Segment{a[k], a[k], 1, (negative >> k) & 1 ? -1.0 : 1.0};
       prefetch_l2(w + a[k]);
-    }
-  }
-
-  // Element mode, D a multiple of 8: the buffer elements of column groups [g0, g1) of an id
-  // (group g: columns 8g .. 8g + 7) into addr[8g ..] and their sign masks into neg[g];
-  // prefetches them.
-  void element_addresses(int64_t local_id, int64_t g0, int64_t g1, const float* w, int64_t* addr,
-                         __mmask8* neg) const {
-    const int64_t base = region(local_id) * L.slots;
-    const uint64_t h0 = id_hash(local_id + L.id_offset, L.seed);
-    const int64_t col0 = L.col_offset;
-    for (int64_t g = g0; g < g1; ++g) {
-      _mm512_storeu_si512(addr + 8 * g, element_addr8(h0, base, col0 + 8 * g, 8 * g, neg[g]));
-      for (int k = 0; k < 8; ++k) prefetch_l2(w + addr[8 * g + k]);
     }
   }
 

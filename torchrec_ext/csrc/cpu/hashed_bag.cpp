@@ -44,14 +44,12 @@ void forward_range(const scalar_t* w, const Addresser& A, const int64_t* idx, co
                    scalar_t* out) {
   using acc_t = acc_type<scalar_t>;
   const int64_t D = A.D, Z = A.Z, C = A.C;
-#if TRX_VEC_HASH
   if constexpr (std::is_same_v<scalar_t, float>) {
-    if (A.vec_elements && D % 8 == 0) {
+    if (A.L.mode == 0 && D % 8 == 0) {
       forward_elements(w, A, idx, off, psw, b0, b1, mean, out);
       return;
     }
   }
-#endif
   std::vector<acc_t> acc(D);
   std::vector<Segment> win;
   int64_t b = b0 - 1, bag_end = off[b0];
@@ -105,14 +103,12 @@ void backward_range(const scalar_t* go, const Addresser& A, const int64_t* idx, 
                     double alpha, Positions from, scalar_t* dst) {
   using acc_t = acc_type<scalar_t>;
   const int64_t D = A.D, Z = A.Z, C = A.C;
-#if TRX_VEC_HASH
   if constexpr (std::is_same_v<scalar_t, float>) {
-    if (A.vec_elements && D % 8 == 0) {
+    if (A.L.mode == 0 && D % 8 == 0) {
       backward_elements(go, A, idx, off, psw, b0, b1, mean, u0, u1, alpha, dst);
       return;
     }
   }
-#endif
   struct Job {
     Segment seg;
     const scalar_t* g;
