@@ -104,3 +104,26 @@ def test_hash_table_benchmark_runs(tmp_path):
     r = json.load(open(tmp_path / "bench_hash_table_cpu.json"))
     assert r["final_size"] >= 20000 and r["insert_keys_per_s"] > 0 and r["find_keys_per_s"] > 0
     assert r["dim"] == 8 and r["find_values_keys_per_s"] > 0
+
+
+def test_soak_short_form_holds_capacity_statistics_memory_and_checkpoint(tmp_path):
+    """benchmarks/soak.py in its short form: both tables reach capacity during warm-up
+    (so eviction runs for most of the steps); the command's own checks pass (exit 0) and
+    its JSON shows what they checked."""
+    cap = 5000
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "soak.py"), "--steps", "1200", "--check-every", "100",
+           "--warmup", "0.25", "--capacity", str(cap), "--dim", "16", "--batch", "256", "--window", "200000",
+           "--drift", "20", "--ttl", "50", "--delta-window", "100", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.load(open(tmp_path / "soak.json"))
+    assert r["failures"] == [] and "checkpoint reload identical" in proc.stdout
+    samples = r["samples"]
+    assert len(samples) == 12 and samples[-1]["step"] == 1200
+    for name in ("lfu", "ttl"):
+        after = [s for s in samples if s["step"] > 300]
+        assert all(s[f"{name}_size"] <= cap for s in samples)
+        assert all(s[f"{name}_admitted"] - s[f"{name}_evicted"] == s[f"{name}_size"] for s in samples)
+        assert after[-1][f"{name}_evicted"] > after[0][f"{name}_evicted"] > 0  # evicting all along
+    assert samples[3]["lfu_size"] == cap  # at capacity by the end of warm-up
+    assert abs(r["rss_growth"]) <= 0.05

@@ -392,6 +392,32 @@ def test_base_plus_incremental_export_reproduces_the_table():
     assert_same_table(live, serving)
 
 
+def test_the_deletion_log_holds_delta_window_steps_and_older_deltas_raise():
+    """The keys erased are kept for delta_window steps only (a long run's memory stays
+    bounded); a delta within the window still reproduces the table, an older one raises."""
+    window = 5
+    live = table(fused={"optimizer": EmbOptimType.ADAM, "learning_rate": LR}, admission=FrequencyAdmission(2),
+                 eviction=TTLEviction(4), eviction_interval=3, initializer=Normal(0.0, 0.1), delta_window=window)
+    for s in range(30):
+        step(live, stream(s), grad_seed=s)
+        if s == 26:
+            base = live.state_dict()
+    rows = live._holder("t").rows
+    assert rows.stats["evicted"] > 0
+    assert all(st > rows.step - window for st, _ in rows.eviction_log)
+    since = int(base["embedding_bags.t.step"])
+    assert since > rows.step - window
+    serving = table(admission=FrequencyAdmission(2), eviction=TTLEviction(4), eviction_interval=3,
+                    initializer=Normal(0.0, 0.1), fused={"optimizer": EmbOptimType.ADAM, "learning_rate": LR})
+    serving.load_state_dict(base)
+    serving.import_delta(live.export_delta(since))
+    assert_same_table(live, serving)
+    with pytest.raises(ValueError, match="table 't'.*delta_window"):
+        live.export_delta(rows.step - window - 3)
+    with pytest.raises(ValueError, match="delta_window"):
+        table(delta_window=0)
+
+
 def test_stats_report_the_lifecycle():
     coll = table(max_capacity=5, eviction=LRUEviction(), admission=FrequencyAdmission(2))
     step(coll, [1, 2, 3, 1, 2, 3])  # each seen twice: admitted
@@ -399,3 +425,15 @@ def test_stats_report_the_lifecycle():
     s = coll.stats("t")
     assert (s["size"], s["capacity"], s["admitted"], s["rejected"], s["evicted"]) == (5, 5, 6, 1, 1)
     assert math.isclose(s["load"], 1.0)
+
+
+@pytest.mark.parametrize("n,k", [(1000, 10), (20000, 3000), (50, 60), (500, 500), (1, 1)])
+def test_lowest_first_is_the_prefix_of_a_stable_sort(n, k):
+    """The eviction order at capacity: the first k of a stable argsort (heavy ties), found
+    without sorting every score."""
+    from torchrec_ext.modules.dynamic.rows import lowest_first
+
+    scores = torch.randint(0, 15, (n,), generator=torch.Generator().manual_seed(n + k)).double()
+    got = lowest_first(scores, k)
+    assert got.numel() >= min(k, n)
+    assert torch.equal(got[:k], torch.argsort(scores, stable=True)[:k])

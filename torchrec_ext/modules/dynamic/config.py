@@ -42,6 +42,9 @@ class DynamicEmbeddingBagConfig(EmbeddingBagConfig):
         grad_reduce_by: "sum" (duplicate ids' gradients summed; TorchRec's convention, with
             the world-size division of sharded training) or "id" (averaged over the id's
             occurrences).
+        delta_window: training steps for which the keys erased are kept, so that
+            `export_delta(since_step)` can list them for any since_step within that many
+            steps of the current one (older: ValueError). Bounds the log's memory.
         on_full: what a training batch does when it brings more new ids than `max_capacity`
             can take, after the eviction policy has freed every row the batch does not use:
             "raise" (`TableFullError`, nothing inserted) or "reject" (the ids that fit get rows,
@@ -67,6 +70,7 @@ class DynamicEmbeddingBagConfig(EmbeddingBagConfig):
     eviction_interval: int = 0
     grad_reduce_by: str = "sum"
     on_full: str = "raise"
+    delta_window: int = 10_000
 
     def __post_init__(self) -> None:
         name = self.name or "<unnamed>"
@@ -91,6 +95,8 @@ class DynamicEmbeddingBagConfig(EmbeddingBagConfig):
         self.eviction = as_eviction(self.eviction)
         if self.eviction_interval < 0:
             raise ValueError(f"dynamic table '{name}': eviction_interval must be >= 0")
+        if self.delta_window < 1:
+            raise ValueError(f"dynamic table '{name}': delta_window must be >= 1, got {self.delta_window}")
         if self.grad_reduce_by not in ("sum", "id"):
             raise ValueError(f"dynamic table '{name}': grad_reduce_by must be 'sum' or 'id', "
                              f"got {self.grad_reduce_by!r}")

@@ -41,7 +41,7 @@ def new_rows(cfg: DynamicEmbeddingBagConfig, device, col_offset: int = 0, cols: 
     cap = None if cfg.max_capacity is None else math.ceil(cfg.max_capacity * capacity_share)
     return DynamicRows(cfg.name, cols, cfg.storage_dtype, device, cfg.block_size, initial, cap, cfg.initializer,
                        cfg.seed, col_offset, trainable_blocks, cfg.admission, cfg.eviction, cfg.eviction_interval,
-                       cfg.on_full)
+                       cfg.on_full, cfg.delta_window)
 
 
 class DynamicTableKind(TableKind):
