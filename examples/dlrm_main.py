@@ -41,7 +41,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from quiet import quiet_known_warnings  # noqa: E402
 
-VARIANTS = ("full", "hashed", "qr", "dynamic")
+VARIANTS = ("full", "hashed", "qr", "dynamic")  # the default run
+ACCEPTED = (*VARIANTS, "mixed")
 MIXED_KINDS = ("hashed", "qr", "dynamic")  # the "mixed" variant's large tables, in turn
 
 
@@ -321,7 +322,7 @@ def report(results, args) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variants", default=",".join(VARIANTS), help="of full, hashed, qr, dynamic, mixed")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"of {', '.join(ACCEPTED)}")
     p.add_argument("--world-size", type=int, default=2)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=2048, help="global batch (split over the processes)")
@@ -350,9 +351,9 @@ def main() -> None:
     args = p.parse_args()
     quiet_known_warnings()
     variants = [v for v in args.variants.split(",") if v]
-    bad = [v for v in variants if v not in (*VARIANTS, "mixed")]
+    bad = [v for v in variants if v not in ACCEPTED]
     if bad:
-        p.error(f"unknown variants {bad}; choose from {(*VARIANTS, 'mixed')}")
+        p.error(f"unknown variants {bad}; choose from {ACCEPTED}")
     if args.save_every and not args.save:
         p.error("--save-every needs --save")
     if (args.save or args.resume) and len(variants) != 1:

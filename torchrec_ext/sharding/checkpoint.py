@@ -1,12 +1,13 @@
 """Atomic, verified DCP checkpoints: a checkpoint directory is complete, or it is ignored.
 
 `save_checkpoint` writes `torch.distributed.checkpoint` files into `<root>/step_<N>.partial`;
-once every rank has written (DCP's metadata included), rank 0 records each file's size and
-CRC32 in `manifest.json` and renames the directory to `<root>/step_<N>`. A rename within
-one filesystem is atomic, so a process killed at any moment leaves the earlier checkpoints
-as they were plus, at worst, a `.partial` directory that `latest_checkpoint` skips and the
-next save removes. `load_checkpoint` checks the manifest first (ranks split the files) and
-raises `CheckpointError` naming a missing, truncated or altered file instead of loading it.
+once every rank has written (DCP's metadata included), the ranks hash the files (each its
+share), rank 0 records each file's size and CRC32 in `manifest.json` and renames the
+directory to `<root>/step_<N>`. A rename within one filesystem is atomic, so a process
+killed at any moment leaves the earlier checkpoints as they were plus, at worst, a
+`.partial` directory that `latest_checkpoint` skips and the next save removes.
+`load_checkpoint` checks the manifest first (the ranks split the files again) and raises
+`CheckpointError` naming a missing, truncated or altered file instead of loading it.
 """
 
 from __future__ import annotations
@@ -65,12 +66,27 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _write_manifest(path: str, step: int) -> None:
-    files = {}
-    for name in sorted(os.listdir(path)):
-        full = os.path.join(path, name)
-        if name != MANIFEST and os.path.isfile(full):
-            files[name] = {"bytes": os.path.getsize(full), "crc32": _crc32(full)}
+def _mine(names, rank: int, world: int) -> List[str]:
+    """This rank's share of the files whose CRC32s a save or a check computes."""
+    return sorted(names)[rank::world]
+
+
+def _all_gather(value, world: int) -> list:
+    if world == 1:
+        return [value]
+    out: list = [None] * world
+    dist.all_gather_object(out, value)
+    return out
+
+
+def _seal(path: str, step: int, rank: int, world: int) -> None:
+    """Every rank hashes its share of the files; rank 0 writes the manifest."""
+    names = [n for n in os.listdir(path) if n != MANIFEST and os.path.isfile(os.path.join(path, n))]
+    crcs = {n: _crc32(os.path.join(path, n)) for n in _mine(names, rank, world)}
+    merged = {n: c for part in _all_gather(crcs, world) for n, c in part.items()}
+    if rank != 0:
+        return
+    files = {n: {"bytes": os.path.getsize(os.path.join(path, n)), "crc32": merged[n]} for n in sorted(names)}
     tmp = os.path.join(path, MANIFEST + ".tmp")
     with open(tmp, "w") as f:
         json.dump({"step": step, "files": files}, f, indent=1)
@@ -112,9 +128,9 @@ def save_checkpoint(state_dict: Dict[str, Any], root: str, step: int, keep: Opti
         shutil.rmtree(partial, ignore_errors=True)  # left by a run killed mid-save
     _barrier(world)
     dcp.save(state_dict, checkpoint_id=partial)
-    _barrier(world)  # every rank's files are written before rank 0 seals them
+    _barrier(world)  # every rank's files are written before they are hashed
+    _seal(partial, step, rank, world)
     if rank == 0:
-        _write_manifest(partial, step)
         if os.path.exists(final):  # the same step saved again (a resumed run): replace it
             shutil.rmtree(final)
         os.rename(partial, final)
@@ -167,11 +183,8 @@ def verify_checkpoint(path: str, checksums: bool = True) -> int:
             problems.append(f"{MANIFEST} is unreadable ({e})")
     if files:
         # sizes are cheap: every rank checks them all; the CRCs are split over the ranks
-        problems += _problems(path, files, set(sorted(files)[rank::world]) if checksums else set())
-    if world > 1:
-        gathered: List[Optional[List[str]]] = [None] * world
-        dist.all_gather_object(gathered, problems)
-        problems = sorted({p for g in gathered for p in (g or [])})
+        problems += _problems(path, files, set(_mine(files, rank, world)) if checksums else set())
+    problems = sorted({p for part in _all_gather(problems, world) for p in part})
     if problems:
         raise CheckpointError(f"checkpoint {path} is damaged: " + "; ".join(problems))
     return step

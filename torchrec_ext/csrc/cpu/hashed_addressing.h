@@ -108,7 +108,7 @@ struct Addresser {
       const uint64_t h = col_hash(h0, col0 + c);
       seg->sign = hash_sign(h, L.is_signed);
       if (L.mode == 0) {
-        seg->a = (base + static_cast<int64_t>(slots.mod(h & kLow63))) * D + c;
+        seg->a = element_at(h, base, c);
         seg->len1 = 1;
         seg->b = seg->a;
         prefetch_l2(w + seg->a);
@@ -124,6 +124,11 @@ struct Addresser {
         prefetch(w, a, Z - col, b);
       }
     }
+  }
+
+  // Element mode: the buffer element of column c of an id (column hash h, region rows from base).
+  int64_t element_at(uint64_t h, int64_t base, int64_t c) const {
+    return (base + static_cast<int64_t>(slots.mod(h & kLow63))) * D + c;
   }
 
   // Element mode, D a multiple of 8: the buffer elements of column groups [g0, g1) of an id
@@ -151,8 +156,8 @@ struct Addresser {
       for (int k = 0; k < 8; ++k) {
         const int64_t c = 8 * g + k;
         const uint64_t h = col_hash(h0, col0 + c);
-        if (L.is_signed && (h >> 63)) m |= static_cast<uint8_t>(1u << k);
-        const int64_t a = (base + static_cast<int64_t>(slots.mod(h & kLow63))) * D + c;
+        if (hash_sign(h, L.is_signed) < 0) m |= static_cast<uint8_t>(1u << k);
+        const int64_t a = element_at(h, base, c);
         addr[c] = a;
         prefetch_l2(w + a);
       }

@@ -88,8 +88,8 @@ class Lookup:
 def lowest_first(scores: torch.Tensor, k: int) -> torch.Tensor:
     """The first k (at least) of `argsort(scores, stable=True)`, without sorting them all:
     every index whose score is at most the k-th lowest, stably sorted. At capacity a table
-    evicts a few rows per step out of many; a full sort of the scores cost more than the
-    step (34 ms of argsort plus a 100K-key isin per insert at 100K rows)."""
+    evicts a few rows per step out of many, so sorting every row's score per insert would
+    dominate the step."""
     if k >= scores.numel():
         return torch.argsort(scores, stable=True)
     kth = torch.topk(scores, k, largest=False, sorted=False).values.max()
@@ -377,12 +377,12 @@ class DynamicRows:
         if freed.numel():
             self.stats["evicted"] += int(freed.numel())
             self.eviction_log.append((self.step, keys.clone()))
-            self._trim_log()
             logger.info("table '%s' step %d: evicted %d rows (%d held)", self.name, self.step,
                         int(freed.numel()), len(self))
         return int(freed.numel())
 
     def _trim_log(self) -> None:
+        """Drops the erases older than delta_window steps (run as each step begins)."""
         floor = self.step - self.delta_window + 1
         if self.eviction_log and self.eviction_log[0][0] < floor:
             self.eviction_log = [(s, k) for s, k in self.eviction_log if s >= floor]
@@ -404,7 +404,6 @@ class DynamicRows:
         keys, rows = self.table.export()
         deleted = None
         if since_step is not None:
-            self._trim_log()
             if since_step < self.log_complete_from:
                 raise ValueError(f"table '{self.name}': a delta since step {since_step} needs the keys erased "
                                  f"since then, kept only from step {self.log_complete_from} (delta_window "
