@@ -290,3 +290,22 @@ def test_ops_pass_opcheck():
                                                    [0, 1, 3], meta[:1] * 2, meta[1:] * 2, [4, 5]))
     torch.library.opcheck(ops.hash_index_rehash, (slots_k, slots_r, 32))
 
+
+
+def test_init_rejects_a_column_offset_outside_any_table():
+    """(Found by scripts/sanitize.sh: col * 128 + draw overflowed int64 in the initializer.)"""
+    blocks = [torch.zeros(2, 3)]
+    kind, a, b = Normal().native()
+    for col in (2**62, -1):
+        with pytest.raises(RuntimeError, match=r"col_offset \(.*\) must lie in \[0, 2\^40\)"):
+            ops.block_rows_init_(blocks, torch.tensor([0, 1]), torch.tensor([5, 6]), kind, a, b, 0, col)
+    assert torch.equal(blocks[0], torch.zeros(2, 3))
+
+
+def test_insert_with_a_pool_counter_outside_the_pool_reads_no_pool_entry():
+    """pool_used is the caller's counter: a negative one must not index pool[-1]."""
+    slots_k, slots_r = torch.zeros(16, dtype=torch.long), torch.full((16,), -1)
+    pool, used = torch.tensor([3, 4]), torch.tensor([-5])
+    with pytest.raises(RuntimeError, match="index or row pool exhausted"):
+        ops.hash_index_insert_(slots_k, slots_r, torch.tensor([11]), pool, used)
+    assert not bool((slots_r >= 0).any())  # no key got a row

@@ -15,6 +15,7 @@ from torchrec_ext.ops import (
     hashed_bags_keep,
     hashed_bags_sgd_,
 )
+from torchrec_ext.ops.hashed import HashedShardLayout
 
 CASES = [
     dict(mode="element", signed=False),
@@ -229,6 +230,29 @@ def test_coord_uniform_is_plan_independent():
     other_seed = torch.empty(64, 16)
     coord_uniform_(other_seed, 0, 0, 6, -0.1, 0.1)
     assert not torch.equal(other_seed, w)
+
+
+def test_coord_uniform_rejects_offsets_that_overflow():
+    """(Found by scripts/sanitize.sh: row + row_offset overflowed int64.)"""
+    w = torch.zeros(4, 2)
+    for rows, cols in [(2**63 - 1, 0), (0, 2**63 - 2), (-1, 0)]:
+        with pytest.raises(RuntimeError, match="must be >= 0 and leave the weight's coordinates"):
+            coord_uniform_(w, rows, cols, 5, -0.1, 0.1)
+    assert torch.equal(w, torch.zeros(4, 2))
+
+
+def test_kernel_rejects_layouts_whose_sizes_overflow():
+    """A layout is plain ints: slots x chunk, or the shard's id space, past int64 must
+    raise instead of wrapping into addresses outside the buffer."""
+    w = torch.randn(8, 8)
+    ids, offsets = torch.tensor([0, 1]), torch.tensor([0, 2])
+    # (slots x chunk was computed, overflowing, before the checks that reject it ran)
+    huge_slots = HashedShardLayout(mode=1, chunk=8, rows_per_region=4, slots=2**62, align=8)
+    with pytest.raises(RuntimeError, match="multiple of slots"):
+        hashed_bag(w, ids, offsets, None, 0, huge_slots)
+    far = HashedShardLayout(mode=0, chunk=1, rows_per_region=2**62, slots=4, id_offset=2**62)
+    with pytest.raises(RuntimeError, match="overflow int64"):
+        hashed_bag(w, ids, offsets, None, 0, far)
 
 
 def test_kernel_rejects_ids_outside_the_shard():

@@ -190,7 +190,9 @@ def test_kernel_rejects_ids_outside_the_shard():
     cfg = make_config(PARTITIONS[0], OPERATIONS[0])
     pieces, layout = full_layout(cfg)
     ws = [torch.randn(pc.sizes) for pc in pieces]
-    for bad in (-1, table_kind(cfg).parameter_shape(cfg)[0] * cfg.num_collisions):
+    # INT64_MIN: the check once used it as its "no bad id" sentinel, so it passed and the
+    # kernel read row -1 of every partition
+    for bad in (-1, -(2**63), table_kind(cfg).parameter_shape(cfg)[0] * cfg.num_collisions):
         with pytest.raises(RuntimeError, match="outside this shard"):
             qr_bag(ws, torch.tensor([0, bad]), torch.tensor([0, 2]), None, 0, layout)
 

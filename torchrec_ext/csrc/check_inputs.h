@@ -74,6 +74,17 @@ inline std::vector<HashedLayout> hashed_batch_layouts(
                 ") must be a multiple of chunk (", L.chunk, ")");
     TORCH_CHECK(L.id_offset % L.rows_per_region == 0 && L.col_offset % L.chunk == 0,
                 "hashed bag: shard offsets must fall on region boundaries");
+    TORCH_CHECK(L.starts > 0, "hashed bag: slots (", L.slots, ") x chunk (", L.chunk,
+                ") overflows int64");
+    // The kernels compute global ids and columns as int64: they must not overflow.
+    int64_t local_rows = 0, end_id = 0, end_col = 0;
+    TORCH_CHECK(L.id_offset >= 0 && L.col_offset >= 0 &&
+                    !__builtin_mul_overflow(w.size(0) / L.slots, L.rows_per_region, &local_rows) &&
+                    !__builtin_add_overflow(L.id_offset, local_rows, &end_id) &&
+                    !__builtin_add_overflow(L.col_offset, w.size(1), &end_col),
+                "hashed bag: the shard's id space (offset ", L.id_offset, ", ", w.size(0) / L.slots,
+                " regions of ", L.rows_per_region, " ids) or columns (offset ", L.col_offset,
+                ") overflow int64");
     out.push_back(L);
   }
   return out;
@@ -122,6 +133,19 @@ inline void check_hashed_ids(const at::Tensor& ids, const at::Tensor& weight,
   const int64_t local_rows = (weight.size(0) / L.slots) * L.rows_per_region;
   TORCH_CHECK(lo >= 0 && hi < local_rows, "hashed bag: ids must lie in [0, ", local_rows,
               "), got [", lo, ", ", hi, "]");
+}
+
+// coord_uniform_ fills element (r, j) from global (r + row_offset, j + col_offset): the
+// offsets must be coordinates, and the last one must not overflow int64.
+inline void check_coord_init(const at::Tensor& weight, int64_t row_offset, int64_t col_offset) {
+  TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous(),
+              "coord_uniform_: weight must be a contiguous 2-D tensor");
+  int64_t end = 0;
+  TORCH_CHECK(row_offset >= 0 && col_offset >= 0 &&
+                  !__builtin_add_overflow(row_offset, weight.size(0), &end) &&
+                  !__builtin_add_overflow(col_offset, weight.size(1), &end),
+              "coord_uniform_: row_offset (", row_offset, ") and col_offset (", col_offset,
+              ") must be >= 0 and leave the weight's coordinates within int64");
 }
 
 // Per-table output gradients, checked against the tables' bags and made contiguous.

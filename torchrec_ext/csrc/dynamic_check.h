@@ -7,7 +7,8 @@
 #include <optional>
 #include <vector>
 
-#include "check_inputs.h"  // check_table_bags
+#include "check_inputs.h"   // check_table_bags
+#include "dynamic_table.h"  // kMaxInitColumn
 
 namespace torchrec_ext {
 
@@ -213,9 +214,11 @@ inline void check_scatter_values(const at::Tensor& values, const at::Tensor& row
               "block_rows_scatter_: values must be [rows, dim]");
 }
 
-inline void check_init_keys(const at::Tensor& keys, const at::Tensor& rows) {
+inline void check_init_keys(const at::Tensor& keys, const at::Tensor& rows, int64_t col_offset) {
   check_keys(keys, rows, "block_rows_init_");
   TORCH_CHECK(keys.numel() == rows.numel(), "block_rows_init_: one key per row");
+  TORCH_CHECK(col_offset >= 0 && col_offset < kMaxInitColumn, "block_rows_init_: col_offset (",
+              col_offset, ") must lie in [0, 2^40)");
 }
 
 }  // namespace torchrec_ext

@@ -30,10 +30,15 @@ constexpr int64_t kInitNormal = 2;       // N(a, b^2)
 constexpr int64_t kInitTruncNormal = 3;  // N(a, b^2) redrawn outside a +- 2b
 constexpr int kTruncDraws = 32;
 
-// Uniform in (0, 1] from (key, global column, draw).
+// Uniform in (0, 1] from (key, global column, draw). Column and draw combine in uint64
+// (wrapping, as coord_uniform hashes them anyway): no signed overflow for any column.
 TRX_HD double key_uniform(int64_t key, int64_t col, int64_t draw, int64_t seed) {
-  return 1.0 - coord_uniform(key, col * 128 + draw, seed);
+  const uint64_t c = static_cast<uint64_t>(col) * 128u + static_cast<uint64_t>(draw);
+  return 1.0 - coord_uniform(key, static_cast<int64_t>(c), seed);
 }
+
+// Global columns an initializer accepts: far beyond any table, with col + j never overflowing.
+constexpr int64_t kMaxInitColumn = int64_t(1) << 40;
 
 TRX_HD double box_muller(int64_t key, int64_t col, int64_t draw, int64_t seed) {
   const double u1 = key_uniform(key, col, 2 * draw, seed);

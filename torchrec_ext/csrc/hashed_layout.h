@@ -33,7 +33,10 @@ struct HashedLayout {
     const bool element = v[0] == 0;
     HashedLayout L{v[0],      element ? 1 : v[1], v[2], v[3], v[4], v[5], v[6],
                    v[7] != 0, element ? 1 : v[8], 0};
-    if (L.align > 0) L.starts = L.slots * L.chunk / L.align;
+    int64_t elements = 0;  // slots * Z, which a bad layout may overflow (then starts stays 0)
+    if (L.align > 0 && L.slots > 0 && L.chunk > 0 &&
+        !__builtin_mul_overflow(L.slots, L.chunk, &elements))
+      L.starts = elements / L.align;
     return L;
   }
 

@@ -63,7 +63,8 @@ inline int64_t insert_key(int64_t* sk, int64_t* sr, int64_t mask, int64_t key, c
       if (Ref(sr[i]).compare_exchange_strong(expected, kSlotBusy, std::memory_order_acq_rel)) {
         sk[i] = key;
         const int64_t p = Ref(*pool_used).fetch_add(1, std::memory_order_relaxed);
-        const int64_t row = p < pool_size ? pool[p] : kSlotErased;  // pool too small: drop slot
+        // a pool too small (or a counter already outside it): drop the slot
+        const int64_t row = p >= 0 && p < pool_size ? pool[p] : kSlotErased;
         Ref(sr[i]).store(row, std::memory_order_release);
         *inserted = row >= 0;
         return row;

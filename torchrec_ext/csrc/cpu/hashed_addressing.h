@@ -24,6 +24,18 @@ namespace hashed_cpu {
 template <typename scalar_t>
 using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
+// The output (or output-gradient) rows of one table of a batched call: bag b (numbered in
+// the call's shared offsets, from the table's first bag `first`) is row b - first. Indexing
+// through this, rather than rebasing the pointer to bag 0, keeps every pointer inside its
+// tensor (a rebased pointer is undefined behaviour, and null for a table with no bags).
+template <typename T>
+struct BagRows {
+  T* base;
+  int64_t first;
+  int64_t D;
+  T* operator[](int64_t b) const { return base + (b - first) * D; }
+};
+
 // Where one column region of one id sits. Element mode: the element at `a`. Block
 // mode: `len1` elements from `a`, then Z - len1 from `b` (a chunk that runs past its
 // slot's end continues in the next slot, wrapping to the region's first slot).

@@ -37,11 +37,11 @@ namespace {
 
 using namespace hashed_cpu;
 
-// Bags [b0, b1) of one table (ids off[b0] .. off[b1]); bag b's row is out[b * D].
+// Bags [b0, b1) of one table (ids off[b0] .. off[b1]); bag b's row is out[b].
 template <typename scalar_t>
 void forward_range(const scalar_t* w, const Addresser& A, const int64_t* idx, const int64_t* off,
                    const float* psw, int64_t b0, int64_t b1, bool mean, Positions keep,
-                   scalar_t* out) {
+                   BagRows<scalar_t> out) {
   using acc_t = acc_type<scalar_t>;
   const int64_t D = A.D, Z = A.Z, C = A.C;
   if constexpr (std::is_same_v<scalar_t, float>) {
@@ -56,7 +56,7 @@ void forward_range(const scalar_t* w, const Addresser& A, const int64_t* idx, co
   auto finish = [&](int64_t bag) {
     const int64_t n = off[bag + 1] - off[bag];
     const acc_t scale = (mean && n > 0) ? acc_t(1) / static_cast<acc_t>(n) : acc_t(1);
-    for (int64_t j = 0; j < D; ++j) out[bag * D + j] = static_cast<scalar_t>(acc[j] * scale);
+    for (int64_t j = 0; j < D; ++j) out[bag][j] = static_cast<scalar_t>(acc[j] * scale);
     std::fill(acc.begin(), acc.end(), acc_t(0));
   };
   auto enter = [&](int64_t i) {  // id i's weight, after writing the bags the walk passed
@@ -96,11 +96,11 @@ void forward_range(const scalar_t* w, const Addresser& A, const int64_t* idx, co
 // dst += alpha * d(out)/d(weight) . grad_output over units [u0, u1) of one table (a
 // unit is a (local row region, column region) pair): scans the table's bags
 // [b0, b1) and applies the ids that fall in those units. Bag b's gradient row is
-// go[b * D]. The segments come from the positions cache `from` when it holds one.
+// go[b]. The segments come from the positions cache `from` when it holds one.
 template <typename scalar_t>
-void backward_range(const scalar_t* go, const Addresser& A, const int64_t* idx, const int64_t* off,
-                    const float* psw, int64_t b0, int64_t b1, bool mean, int64_t u0, int64_t u1,
-                    double alpha, Positions from, scalar_t* dst) {
+void backward_range(BagRows<const scalar_t> go, const Addresser& A, const int64_t* idx,
+                    const int64_t* off, const float* psw, int64_t b0, int64_t b1, bool mean,
+                    int64_t u0, int64_t u1, double alpha, Positions from, scalar_t* dst) {
   using acc_t = acc_type<scalar_t>;
   const int64_t D = A.D, Z = A.Z, C = A.C;
   if constexpr (std::is_same_v<scalar_t, float>) {
@@ -149,7 +149,7 @@ void backward_range(const scalar_t* go, const Addresser& A, const int64_t* idx, 
                  for (int64_t c = c_lo; c < c_hi; ++c) {
                    const Segment& sc = seg[c - c_lo];
                    if (sc.sign == 0.0) continue;  // a word unpack refused: nothing is written
-                   jobs.push_back({sc, go + b * D + c * Z, static_cast<acc_t>(pw * sc.sign)});
+                   jobs.push_back({sc, go[b] + c * Z, static_cast<acc_t>(pw * sc.sign)});
                  }
                  if (static_cast<int64_t>(jobs.size()) >= kWindowSegments) flush();
                });
@@ -158,9 +158,9 @@ void backward_range(const scalar_t* go, const Addresser& A, const int64_t* idx, 
 
 // d(out[b]) / d(psw[i]) = scale * <grad_out[b], virtual row of id i>, bags [b0, b1).
 template <typename scalar_t>
-void psw_grad_range(const scalar_t* go, const scalar_t* w, const Addresser& A, const int64_t* idx,
-                    const int64_t* off, int64_t b0, int64_t b1, bool mean, Positions from,
-                    float* gpsw) {
+void psw_grad_range(BagRows<const scalar_t> go, const scalar_t* w, const Addresser& A,
+                    const int64_t* idx, const int64_t* off, int64_t b0, int64_t b1, bool mean,
+                    Positions from, float* gpsw) {
   const int64_t D = A.D, Z = A.Z, C = A.C;
   std::vector<Segment> win;
   int64_t b = b0;
@@ -168,7 +168,7 @@ void psw_grad_range(const scalar_t* go, const scalar_t* w, const Addresser& A, c
     while (i >= off[b + 1]) ++b;
     const int64_t n = off[b + 1] - off[b];
     const double scale = mean ? 1.0 / static_cast<double>(n) : 1.0;
-    const scalar_t* g = go + b * D;
+    const scalar_t* g = go[b];
     double dot = 0.0;
     if (A.L.mode == 0) {
       for (int64_t j = 0; j < D; ++j) dot += seg[j].sign * static_cast<double>(w[seg[j].a]) * g[j];
@@ -288,7 +288,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> forward_into(
             const Table& T = tables[t];
             forward_range<scalar_t>(w[t].data_ptr<scalar_t>(), T.A, ip, op, pp, T.bag0 + lo,
                                     T.bag0 + hi, T.mean, positions_of(T, positions, kept, nullptr),
-                                    out[t].data_ptr<scalar_t>() - T.bag0 * T.A.D);
+                                    BagRows<scalar_t>{out[t].data_ptr<scalar_t>(), T.bag0, T.A.D});
           });
     });
   }
@@ -337,7 +337,7 @@ at::Tensor backward_into(const at::TensorList grad_outputs, const at::TensorList
   const float* pp = psw ? psw->data_ptr<float>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(weights[0].scalar_type(), "hashed_bags_backward_cpu", [&] {
     auto grad_of = [&](size_t t) {
-      return go[t].data_ptr<scalar_t>() - tables[t].bag0 * tables[t].A.D;
+      return BagRows<const scalar_t>{go[t].data_ptr<scalar_t>(), tables[t].bag0, tables[t].A.D};
     };
     if (psw_grad) {
       std::vector<at::Tensor> w;

@@ -152,12 +152,12 @@ constexpr double kMostDistinct = 0.5;
 // each bag sums its ids' scratch rows; else every position is gathered into its bag.
 inline void forward_elements(const float* w, const Addresser& A, const int64_t* idx,
                              const int64_t* off, const float* psw, int64_t b0, int64_t b1,
-                             bool mean, float* out) {
+                             bool mean, BagRows<float> out) {
   const int64_t D = A.D, G = D / 8, i0 = off[b0], n = off[b1] - i0;
   thread_local DistinctIds distinct;
   thread_local std::vector<float> rows;
   distinct.index(idx + i0, n);
-  std::fill(out + b0 * D, out + b1 * D, 0.0f);
+  std::fill(out[b0], out[b1], 0.0f);
   auto gather = [&](const int64_t* addr, const uint8_t* neg, int64_t g) {
     return f8_gather(w, addr + 8 * g, neg[g]);
   };
@@ -167,7 +167,7 @@ inline void forward_elements(const float* w, const Addresser& A, const int64_t* 
                       [&](int64_t i, const int64_t* addr, const uint8_t* neg) {
                         while (i >= off[b + 1]) ++b;
                         const F8 pw = f8_set1(psw ? psw[i] : 1.0f);
-                        float* o = out + b * D;
+                        float* o = out[b];
                         for (int64_t g = 0; g < G; ++g)
                           f8_store(o + 8 * g, f8_fma(pw, gather(addr, neg, g), f8_load(o + 8 * g)));
                       });
@@ -179,7 +179,7 @@ inline void forward_elements(const float* w, const Addresser& A, const int64_t* 
                           f8_store(&rows[u * D + 8 * g], gather(addr, neg, g));
                       });
     for (int64_t b = b0; b < b1; ++b) {
-      float* o = out + b * D;
+      float* o = out[b];
       for (int64_t i = off[b]; i < off[b + 1]; ++i) {
         const float pw = psw ? psw[i] : 1.0f;
         const float* r = &rows[distinct.which(i - i0) * D];
@@ -191,7 +191,7 @@ inline void forward_elements(const float* w, const Addresser& A, const int64_t* 
     const int64_t len = off[b + 1] - off[b];
     if (!mean || len == 0) continue;
     const float scale = 1.0f / static_cast<float>(len);
-    for (int64_t j = 0; j < D; ++j) out[b * D + j] *= scale;
+    for (int64_t j = 0; j < D; ++j) out[b][j] *= scale;
   }
 }
 
@@ -199,7 +199,7 @@ inline void forward_elements(const float* w, const Addresser& A, const int64_t* 
 // distinct id's gradient (its columns in units [u0, u1)) is summed densely first, then
 // its elements are read, added to and written back once; else each position's gradient
 // is added to its elements in windows.
-inline void backward_elements(const float* go, const Addresser& A, const int64_t* idx,
+inline void backward_elements(BagRows<const float> go, const Addresser& A, const int64_t* idx,
                               const int64_t* off, const float* psw, int64_t b0, int64_t b1,
                               bool mean, int64_t u0, int64_t u1, double alpha, float* dst) {
   const int64_t D = A.D, G = D / 8, per = std::max<int64_t>(1, kWindowSegments / D),
@@ -227,15 +227,14 @@ inline void backward_elements(const float* go, const Addresser& A, const int64_t
       }
       items.clear();
     };
-    ids_in_units(A, idx, off, b0, b1, mean, u0, u1, alpha,
-                 [&](int64_t b, int64_t i, double scale, int64_t c_lo, int64_t c_hi) {
-                   const int64_t k = static_cast<int64_t>(items.size());
-                   A.element_addresses(idx[i], c_lo / 8, (c_hi + 7) / 8, dst, &addr[k * D],
-                                       &neg[k * G]);
-                   items.push_back(
-                       {go + b * D, static_cast<float>(scale * (psw ? psw[i] : 1.0)), c_lo, c_hi});
-                   if (static_cast<int64_t>(items.size()) == per) flush();
-                 });
+    ids_in_units(
+        A, idx, off, b0, b1, mean, u0, u1, alpha,
+        [&](int64_t b, int64_t i, double scale, int64_t c_lo, int64_t c_hi) {
+          const int64_t k = static_cast<int64_t>(items.size());
+          A.element_addresses(idx[i], c_lo / 8, (c_hi + 7) / 8, dst, &addr[k * D], &neg[k * G]);
+          items.push_back({go[b], static_cast<float>(scale * (psw ? psw[i] : 1.0)), c_lo, c_hi});
+          if (static_cast<int64_t>(items.size()) == per) flush();
+        });
     flush();
     return;
   }
@@ -251,7 +250,7 @@ inline void backward_elements(const float* go, const Addresser& A, const int64_t
                      c_hi};  // an id's region, so its columns here, is the same at every position
                  const float coef = static_cast<float>(scale * (psw ? psw[i] : 1.0));
                  float* sum = &sums[u * D];
-                 const float* g = go + b * D;
+                 const float* g = go[b];
                  for (int64_t j = c_lo; j < c_hi; ++j) sum[j] += coef * g[j];
                });
   for (int64_t w0 = 0; w0 < distinct.size(); w0 += per) {

@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "../check_inputs.h"
 #include "../hash.h"
 
 namespace torchrec_ext {
@@ -13,8 +14,7 @@ namespace {
 
 at::Tensor coord_uniform_cpu(at::Tensor& weight, int64_t row_offset, int64_t col_offset,
                              int64_t seed, double low, double high) {
-  TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous(),
-              "coord_uniform_: weight must be a contiguous 2-D tensor");
+  check_coord_init(weight, row_offset, col_offset);
   const int64_t R = weight.size(0), D = weight.size(1);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, weight.scalar_type(), "coord_uniform_cpu", [&] {

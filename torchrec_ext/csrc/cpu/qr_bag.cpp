@@ -29,7 +29,8 @@ at::Tensor partition_rows(const QRLayout& L, const at::Tensor& idx) {
   auto rows = at::empty({L.k, n}, idx.options());
   const int64_t* id = idx.data_ptr<int64_t>();
   int64_t* r = rows.data_ptr<int64_t>();
-  std::atomic<int64_t> bad{std::numeric_limits<int64_t>::min()};
+  // The position of a bad id, not the id: every int64 (INT64_MIN too) can be a bad id.
+  std::atomic<int64_t> bad{-1};
   at::parallel_for(0, n, 4096, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       bool ok = id[i] >= 0 && id[i] <= std::numeric_limits<int64_t>::max() - L.id_offset;
@@ -38,10 +39,10 @@ at::Tensor partition_rows(const QRLayout& L, const at::Tensor& idx) {
         ok = ok && L.in_range(p, row);
         r[p * n + i] = row;
       }
-      if (!ok) bad.store(id[i]);
+      if (!ok) bad.store(i);
     }
   });
-  TORCH_CHECK(bad.load() == std::numeric_limits<int64_t>::min(), "qr bag: id ", bad.load(),
+  TORCH_CHECK(bad.load() < 0, "qr bag: id ", bad.load() < 0 ? 0 : id[bad.load()],
               " (shard-local) falls outside this shard's partition tables");
   return rows;
 }

@@ -432,7 +432,7 @@ void block_rows_init_cuda(at::TensorList blocks, const at::Tensor& rows_in,
                           const at::Tensor& keys_in, int64_t kind, double a, double b, int64_t seed,
                           int64_t col_offset) {
   const int64_t bs = check_row_op(blocks, rows_in, "block_rows_init_");
-  check_init_keys(keys_in, rows_in);
+  check_init_keys(keys_in, rows_in, col_offset);
   c10::cuda::CUDAGuard guard(blocks[0].device());
   const at::Tensor rows = rows_in.contiguous(), keys = keys_in.contiguous();
   const int64_t D = blocks[0].size(1), n = rows.numel();

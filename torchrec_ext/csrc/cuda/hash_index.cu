@@ -59,7 +59,7 @@ __device__ int64_t insert_key(int64_t* sk, int64_t* sr, int64_t mask, int64_t ke
       if (static_cast<int64_t>(old) == kSlotEmpty) {
         reinterpret_cast<volatile int64_t*>(sk)[i] = key;
         const int64_t p = static_cast<int64_t>(atomicAdd(reinterpret_cast<ull*>(pool_used), 1ULL));
-        const int64_t row = p < pool_size ? pool[p] : kSlotErased;
+        const int64_t row = p >= 0 && p < pool_size ? pool[p] : kSlotErased;
         __threadfence();
         atomicExch(reinterpret_cast<ull*>(sr + i), static_cast<ull>(row));
         *inserted = row >= 0;

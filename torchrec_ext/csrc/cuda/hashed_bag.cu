@@ -283,8 +283,7 @@ at::Tensor hashed_bags_sgd_cuda(at::TensorList weights, const at::TensorList gra
 
 at::Tensor coord_uniform_cuda(at::Tensor& weight, int64_t row_offset, int64_t col_offset,
                               int64_t seed, double low, double high) {
-  TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous(),
-              "coord_uniform_: weight must be a contiguous 2-D tensor");
+  check_coord_init(weight, row_offset, col_offset);
   c10::cuda::CUDAGuard guard(weight.device());
   const int64_t n = weight.numel();
   if (n == 0) return weight;
