@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-STAMP=.venv/.deps-v3
+STAMP=.venv/.deps-v4
 if [ -f "$STAMP" ]; then exit 0; fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 LOG=.venv/setup.log
@@ -23,7 +23,7 @@ else
 fi
 pip_quiet --no-deps torchrec==1.8.0
 pip_quiet tensordict torchmetrics==1.0.3 pyre-extensions iopath tqdm numpy pytest ninja matplotlib \
-  ruff==0.17.6 clang-format==21.1.8
+  hypothesis==6.170.27 ruff==0.17.6 clang-format==21.1.8
 # The package itself, from this checkout: a .pth entry puts the checkout on the path (an
 # editable install without pip's build), and scripts/build_native.sh compiles the ops in
 # place, incrementally, so a change to a kernel needs no reinstall.

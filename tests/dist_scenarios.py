@@ -351,3 +351,5 @@ import dist_dynamic_scenarios as _dynamic  # noqa: E402
 DYNAMIC_EQUIVALENCE = _dynamic.DYNAMIC_EQUIVALENCE
 for _name in DYNAMIC_EQUIVALENCE + ["dyn_checkpoint_save", "dyn_checkpoint_load"]:
     globals()[_name] = getattr(_dynamic, _name)
+
+from dist_fuzz_scenarios import sharded_fuzz  # noqa: E402,F401  (the 2-rank world runs it)

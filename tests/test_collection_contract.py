@@ -1,5 +1,7 @@
 """Every torchrec_ext collection is a drop-in EBC: contract, training, state, bad input."""
 
+import re
+
 import pytest
 import torch
 from sample_tables import hashed_tables, kjt, qr_tables
@@ -98,7 +100,7 @@ def test_float_ids_raise(kind):
     m = cls(tables())
     bad = KeyedJaggedTensor(keys=["a", "b", "shared"], values=torch.tensor([1.0, 2.0]),
                             lengths=torch.tensor([1, 0, 0, 1, 0, 0]))
-    with pytest.raises(ValueError, match=r"table 't0': ids must be int32 or int64, got torch.float32"):
+    with pytest.raises(ValueError, match=r"\(tables 't0', 't1'\): ids must be a 1-D int32 or int64 tensor, got torch.float32"):
         m(bad)
 
 
@@ -111,3 +113,24 @@ def test_weighted_mean_is_refused_like_torchrec(kind):
 def test_a_collection_refuses_another_kind_of_config():
     with pytest.raises(TypeError, match=r"table 't0' needs a QREmbeddingBagConfig"):
         QREmbeddingBagCollection(hashed_tables())
+
+
+@pytest.mark.parametrize("name", ["items", "keys", "a.b"])
+def test_a_table_name_the_module_dict_cannot_hold_raises_naming_it(kind, name):
+    """(nn.ModuleDict raised a bare KeyError "attribute 'items' already exists".)"""
+    cls, tables = kind
+    cfgs = tables()
+    cfgs[0].name = name
+    with pytest.raises(ValueError, match=rf"table '{re.escape(name)}': a table name must not contain '\.'"):
+        cls(cfgs)
+
+
+def test_an_unweighted_collection_ignores_any_weights(kind):
+    """(An unweighted collection handed int64 weights failed in TorchRec's permute.)"""
+    cls, tables = kind
+    m = cls(tables())
+    base = kjt()
+    plain = m(base).values()
+    ints = KeyedJaggedTensor(keys=base.keys(), values=base.values(), lengths=base.lengths(),
+                             weights=torch.arange(base.values().numel()))
+    torch.testing.assert_close(m(ints).values(), plain)

@@ -17,7 +17,7 @@ def worlds(tmp_path_factory):
     ckpt = str(tmp_path_factory.mktemp("ckpt"))
     out = {}
     out[2] = run_world(2, "dist_scenarios", sc.EQUIVALENCE + CHECKPOINT + sc.DYNAMIC_EQUIVALENCE
-                       + ["dyn_checkpoint_save"], str(tmp_path_factory.mktemp("w2")), ckpt_dir=ckpt)
+                       + ["dyn_checkpoint_save", "sharded_fuzz"], str(tmp_path_factory.mktemp("w2")), ckpt_dir=ckpt)
     out[4] = run_world(4, "dist_scenarios", sc.EQUIVALENCE + ["checkpoint_load", "torn_checkpoint"]
                        + sc.DYNAMIC_EQUIVALENCE + ["dyn_checkpoint_load"], str(tmp_path_factory.mktemp("w4")), ckpt_dir=ckpt)
     out["ckpt"] = ckpt
@@ -33,6 +33,11 @@ def _check(worlds, world_size, name):
 @pytest.mark.parametrize("scenario", sc.EQUIVALENCE)
 def test_sharded_equals_unsharded(worlds, world_size, scenario):
     _check(worlds, world_size, scenario)
+
+
+def test_random_batches_on_2_ranks_match_unsharded_or_raise_on_every_rank(worlds):
+    """tests/dist_fuzz_scenarios.py: 40 Hypothesis batches, row-wise hashed, QR and dynamic."""
+    _check(worlds, 2, "sharded_fuzz")
 
 
 def test_checkpoint_saved_row_wise_on_2_ranks(worlds):

@@ -233,7 +233,7 @@ def test_bad_input_raises_errors_naming_the_table_and_keeps_the_rows():
     snap = _snapshot(coll)
     floats = KeyedJaggedTensor(keys=["u", "i", "shared"], values=torch.tensor([1.0, 2.0]),
                                lengths=torch.tensor([1, 0, 0, 1, 0, 0]))
-    with pytest.raises(ValueError, match=r"table 'users': ids must be int32 or int64, got torch.float32"):
+    with pytest.raises(ValueError, match=r"\(tables 'users', 'products'\): ids must be a 1-D int32 or int64 tensor, got torch.float32"):
         coll(floats)
     bad_lengths = KeyedJaggedTensor(keys=["u", "i", "shared"], values=torch.tensor([1, 2]),
                                     lengths=torch.tensor([1, 0, 0, 1, 0, 1]))

@@ -8,6 +8,7 @@ exactly the key order `torchrec.EmbeddingBagCollection` uses.
 
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Sequence
 
 import torch
@@ -20,6 +21,7 @@ from torchrec.modules.embedding_modules import (
 )
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
+from torchrec_ext.modules.state_memory import allocate, check_fits
 from torchrec_ext.modules.table_kind import FixedStateKind, TableKind, table_kind
 
 POOLING_CODES = {PoolingType.SUM: 0, PoolingType.MEAN: 1}
@@ -49,27 +51,89 @@ def check_ids(table: str, values: torch.Tensor, low: Optional[int], high: Option
         )
 
 
-def check_kjt(name: str, features: KeyedJaggedTensor) -> None:
-    """Structure checks: lengths must describe the values, weights must match them."""
+def collection_label(name: str, tables: Sequence[EmbeddingBagConfig]) -> str:
+    """How input errors name a collection: its class and its tables."""
+    return f"{name} (tables {', '.join(repr(t.name) for t in tables)})"
+
+
+def check_kjt(label: str, features: KeyedJaggedTensor, tables: Sequence[EmbeddingBagConfig],
+              weighted: bool, device: Optional[torch.device] = None) -> None:
+    """Checks a KJT against a collection's tables before any id reaches a kernel.
+
+    Raises a TypeError (not a KJT) or a ValueError naming the collection's tables, or the
+    feature and its table, for anything the kernels would misread: repeated or missing
+    keys, ids or lengths of the wrong dtype or device, lengths that do not describe the
+    values, negative lengths, weights that are missing, misshapen or not finite.
+    """
+    if not isinstance(features, KeyedJaggedTensor):
+        raise TypeError(f"{label}: forward takes a KeyedJaggedTensor, got {type(features).__name__}")
+    keys = features.keys()
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"{label}: features {repeated} appear more than once in the input")
+    table_of = {f: t.name for t in tables for f in t.feature_names}
+    missing = [f for f in table_of if f not in keys]
+    if missing:
+        raise ValueError(f"{label}: features {missing} are missing from the input")
     if features.variable_stride_per_key():
-        raise ValueError(f"{name}: variable batch size per feature is not supported")
+        raise ValueError(f"{label}: variable batch size per feature is not supported")
     values, lengths = features.values(), features.lengths()
-    if values.device.type == "meta":
+    if values.dtype not in (torch.int32, torch.int64) or values.dim() != 1:
+        raise ValueError(f"{label}: ids must be a 1-D int32 or int64 tensor, got "
+                         f"{values.dtype} of shape {tuple(values.shape)}")
+    if lengths.dtype not in (torch.int32, torch.int64) or lengths.dim() != 1:
+        raise ValueError(f"{label}: lengths must be a 1-D int32 or int64 tensor, got "
+                         f"{lengths.dtype} of shape {tuple(lengths.shape)}")
+    w = features.weights_or_none()
+    for what, t in (("ids", values), ("lengths", lengths), ("weights", w)):
+        if t is not None and device is not None and device.type != "meta" and t.device != device:
+            raise ValueError(f"{label}: {what} are on {t.device}, the tables on {device}")
+    if weighted and w is None:
+        raise ValueError(f"{label}: the collection is weighted but the input has no weights")
+    if values.device.type == "meta" or lengths.device.type == "meta":
         return
-    if lengths.numel() and int(lengths.min()) < 0:
-        raise ValueError(f"{name}: negative lengths in the KeyedJaggedTensor")
+    if lengths.numel() != len(keys) * features.stride():
+        raise ValueError(f"{label}: {lengths.numel()} lengths for {len(keys)} features of "
+                         f"batch {features.stride()}")
+    per_key = lengths.view(len(keys), -1) if keys else lengths.view(0, 0)
+    if per_key.numel():
+        low = per_key.amin(dim=1)
+        bad = [k for k, m in zip(keys, low.tolist()) if m < 0]
+        if bad:
+            raise ValueError(f"{label}: feature '{bad[0]}'"
+                             f"{_of_table(table_of, bad[0])} has negative lengths")
     total = int(lengths.sum()) if lengths.numel() else 0
     if total != values.numel():
-        raise ValueError(
-            f"{name}: lengths sum to {total} but the KeyedJaggedTensor holds "
-            f"{values.numel()} ids"
-        )
+        raise ValueError(f"{label}: lengths sum to {total} but the KeyedJaggedTensor holds "
+                         f"{values.numel()} ids")
+    if w is None or not weighted:
+        return
+    if not w.is_floating_point() or w.dim() != 1:
+        raise ValueError(f"{label}: per-sample weights must be a 1-D floating point tensor, "
+                         f"got {w.dtype} of shape {tuple(w.shape)}")
+    if w.numel() != values.numel():
+        raise ValueError(f"{label}: {w.numel()} weights for {values.numel()} ids")
+    if w.device.type != "meta" and w.numel() and not bool(torch.isfinite(w).all()):
+        ends = torch.cumsum(per_key.sum(dim=1), 0).tolist()
+        first = int((~torch.isfinite(w)).nonzero()[0])
+        key = next(k for k, e in zip(keys, ends) if first < e)
+        raise ValueError(f"{label}: feature '{key}'{_of_table(table_of, key)} has a "
+                         f"non-finite weight ({float(w[first])})")
+
+
+def weights_as_read(features: KeyedJaggedTensor, weighted: bool) -> KeyedJaggedTensor:
+    """The KJT with the weights a collection reads: none if it is unweighted (whatever
+    weights came with the ids are ignored, as TorchRec's EBC ignores them), float32 if
+    it is weighted (the kernels' dtype, and one TorchRec's permute supports)."""
     w = features.weights_or_none()
-    if w is not None:
-        if not w.is_floating_point():
-            raise ValueError(f"{name}: per-sample weights must be floating point, got {w.dtype}")
-        if w.numel() != values.numel():
-            raise ValueError(f"{name}: {w.numel()} weights for {values.numel()} ids")
+    if w is None or (weighted and w.dtype == torch.float32):
+        return features
+    return KeyedJaggedTensor(keys=features.keys(), values=features.values(), lengths=features.lengths(),
+                             weights=w.float() if weighted else None, stride=features.stride())
+
+
+def _of_table(table_of: dict, key: str) -> str:
+    return f" (table '{table_of[key]}')" if key in table_of else ""
 
 
 def bags_to_batch_major(pooled: torch.Tensor, num_features: int, batch: int) -> torch.Tensor:
@@ -117,6 +181,10 @@ class ExtEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         names = [t.name for t in tables]
         if len(set(names)) != len(names) or any(not n for n in names):
             raise ValueError(f"{type(self).__name__}: table names must be unique and non-empty: {names}")
+        for n in names:  # tables are entries of an nn.ModuleDict, as in TorchRec's EBC
+            if hasattr(nn.ModuleDict, n) or "." in n:
+                raise ValueError(f"table '{n}': a table name must not contain '.' or be an attribute of "
+                                 "nn.ModuleDict (such as 'items', 'keys' or 'values')")
         for t in tables:
             if not t.feature_names:
                 t.feature_names = [t.name]
@@ -146,10 +214,14 @@ class ExtEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         for t, kind in zip(self._embedding_bag_configs, self._kinds):
             full = kind.parameter_shape(t)
             pieces = kind.state_pieces(t, ShardingType.TABLE_WISE.value, (0, 0), full)
+            dtype = kind.parameter_dtype(t)
+            nbytes = sum(math.prod(pc.sizes) for pc in pieces) * dtype.itemsize
+            check_fits(t.name, "state", nbytes, self._device)
             holder = nn.Module()
-            for pc in pieces:
-                dtype = kind.parameter_dtype(t)
-                holder.register_parameter(pc.name, nn.Parameter(torch.empty(pc.sizes, dtype=dtype, device=self._device)))
+            tensors = allocate(t.name, "state", nbytes, lambda: [
+                torch.empty(pc.sizes, dtype=dtype, device=self._device) for pc in pieces])
+            for pc, w in zip(pieces, tensors):
+                holder.register_parameter(pc.name, nn.Parameter(w))
             self.embedding_bags[t.name] = holder
             self._pieces.append(pieces)
             self._layouts.append(kind.make_shard_state(t, pieces, (0, 0), full))
@@ -180,10 +252,9 @@ class ExtEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         return self._device
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
-        check_kjt(type(self).__name__, features)
-        missing = [f for f in self._feature_names if f not in features.keys()]
-        if missing:
-            raise ValueError(f"{type(self).__name__}: features {missing} are missing from the input")
+        check_kjt(collection_label(type(self).__name__, self._embedding_bag_configs), features,
+                  self._embedding_bag_configs, self._is_weighted, self._device)
+        features = weights_as_read(features, self._is_weighted)
         batch = features.stride()
         per_table = features.permute(
             [features.keys().index(f) for f in self._feature_names]

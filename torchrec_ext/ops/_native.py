@@ -123,12 +123,23 @@ def load() -> str:
     """Registers the torchrec_ext ops with torch (idempotent, thread-safe).
 
     Returns:
-        The CPU library loaded: "default", "avx2", "avx512", or "native" (JIT build).
+        The CPU library loaded: "default", "avx2", "avx512", "native" (JIT build), or
+        "preloaded" (the ops were registered before: `torch.ops.load_library` by hand).
     """
     global _loaded
     if _loaded is not None:
         return _loaded
     with _lock:
         if _loaded is None:
-            _loaded = _load_jit() if os.environ.get("TORCHREC_EXT_JIT") == "1" else _load_prebuilt()
+            if _registered():  # a library loaded by hand (scripts/sanitize.sh's build)
+                _loaded = "preloaded"
+            elif os.environ.get("TORCHREC_EXT_JIT") == "1":
+                _loaded = _load_jit()
+            else:
+                _loaded = _load_prebuilt()
     return _loaded
+
+
+def _registered() -> bool:
+    """Whether some library already registered torchrec_ext's ops in this process."""
+    return any(n.startswith("torchrec_ext::") for n in torch._C._dispatch_get_all_op_names())

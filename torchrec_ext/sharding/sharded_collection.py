@@ -24,7 +24,7 @@ from torchrec.distributed.types import ShardingType
 from torchrec.modules.embedding_configs import PoolingType
 from torchrec.optim.fused import EmptyFusedOptimizer
 
-from torchrec_ext.modules.collection_base import check_ids, check_kjt
+from torchrec_ext.modules.collection_base import check_ids, check_kjt, collection_label, weights_as_read
 from torchrec_ext.modules.table_kind import table_kind
 from torchrec_ext.sharding.replica_sync import ReplicaGradSync
 from torchrec_ext.sharding.shardings import SHARDING_CLASSES
@@ -219,12 +219,22 @@ class ShardedExtEmbeddingBagCollection(ShardedEmbeddingBagCollection):
 
     # --- input validation, with the table's name, before ids leave this rank ---
     def input_dist(self, ctx, features):
-        check_kjt(type(self).__name__, features)
-        keys = features.keys()
+        label = collection_label(type(self).__name__, self._embedding_bag_configs)
+        check_kjt(label, features, self._embedding_bag_configs, self._is_weighted, self._device)
+        if features.stride() == 0 and self._has_mean_pooling_callback:
+            raise ValueError(f"{label}: an empty batch (batch size 0) cannot be pooled by MEAN row-wise "
+                             "(TorchRec divides per sample); give every rank at least one sample")
         for cfg in self._embedding_bag_configs:
             for f in cfg.feature_names:
-                if f in keys:
-                    check_ids(cfg.name, features[f].values(), *table_kind(cfg).id_bounds(cfg))
+                check_ids(cfg.name, features[f].values(), *table_kind(cfg).id_bounds(cfg))
+        features = weights_as_read(features, self._is_weighted)
+        # TorchRec builds its input distribution once, from the first batch's keys, and
+        # then assumes every batch has them in that order (another order would silently
+        # route ids to the wrong tables): hand it always the same keys, in table order.
+        read = list(dict.fromkeys(f for cfg in self._embedding_bag_configs for f in cfg.feature_names))
+        if features.keys() != read:
+            keys = features.keys()
+            features = features.permute([keys.index(f) for f in read])
         return super().input_dist(ctx, features)
 
 

@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig, data_type_to_dtype
 
+from torchrec_ext.modules.config_checks import check_fields
 from torchrec_ext.modules.dynamic.admission import AdmissionPolicy
 from torchrec_ext.modules.dynamic.admission import as_policy as as_admission
 from torchrec_ext.modules.dynamic.eviction import EvictionPolicy
@@ -74,6 +75,10 @@ class DynamicEmbeddingBagConfig(EmbeddingBagConfig):
 
     def __post_init__(self) -> None:
         name = self.name or "<unnamed>"
+        check_fields(self, f"dynamic table '{name}'", {
+            "initial_capacity": int, "max_capacity": ("optional", int), "block_size": int,
+            "shared_name": ("optional", str), "key_buckets": int, "seed": ("optional", int),
+            "eviction_interval": int, "grad_reduce_by": str, "on_full": str, "delta_window": int})
         if self.embedding_dim <= 0:
             raise ValueError(f"dynamic table '{name}': embedding_dim must be positive")
         if self.initial_capacity < 0 or self.block_size <= 0 or self.key_buckets <= 0:

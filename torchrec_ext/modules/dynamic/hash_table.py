@@ -17,6 +17,7 @@ from typing import Iterator, Optional, Tuple
 
 import torch
 
+from torchrec_ext.modules.state_memory import allocate, check_fits
 from torchrec_ext.ops import dynamic as _dynamic  # noqa: F401  (registers the ops)
 
 _ops = torch.ops.torchrec_ext
@@ -67,8 +68,11 @@ class HashTable:
     def clear(self, initial_rows: int = 0) -> None:
         with self._lock:
             slots = _slots_for(max(initial_rows, 1))
-            self._keys = torch.zeros(slots, dtype=torch.long, device=self.device)
-            self._rows = torch.full((slots,), _EMPTY, dtype=torch.long, device=self.device)
+            check_fits(self.name, "hash index", 16 * slots, self.device)
+            keys, rows = allocate(self.name, "hash index", 16 * slots, lambda: (
+                torch.zeros(slots, dtype=torch.long, device=self.device),
+                torch.full((slots,), _EMPTY, dtype=torch.long, device=self.device)))
+            self._keys, self._rows = keys, rows
             self._size = 0
             self._erased = 0  # tombstones in the index
             self._next_row = 0  # rows ever handed out (the blocks must cover them)

@@ -32,6 +32,7 @@ from torchrec_ext.modules.dynamic.admission import AdmissionPolicy, AlwaysAdmit
 from torchrec_ext.modules.dynamic.eviction import EvictionPolicy, RowView
 from torchrec_ext.modules.dynamic.hash_table import HashTable
 from torchrec_ext.modules.dynamic.initializers import Initializer
+from torchrec_ext.modules.state_memory import allocate, check_fits
 from torchrec_ext.ops import dynamic as dyn_ops
 
 logger = logging.getLogger(__name__)
@@ -161,25 +162,44 @@ class DynamicRows:
         return torch.nn.Parameter(b) if trainable else b
 
     def _cover(self, rows: int) -> None:
-        """Adds blocks (values, optimizer state) and metadata until rows [0, rows) exist."""
-        before = len(self.blocks)
-        while len(self.blocks) * self.block_size < rows:
-            self.blocks.append(self._new_block(self.dim, self.trainable_blocks, self.dtype))
-        if len(self.blocks) > before:
+        """Adds blocks (values, optimizer state) and metadata until rows [0, rows) exist.
+
+        All or nothing: everything is allocated first (a size beyond the device raises a
+        ValueError, a failed allocation a MemoryError), then added to the table.
+        """
+        blocks_needed = max(0, -(-rows // self.block_size) - len(self.blocks))
+        n = (len(self.blocks) + blocks_needed) * self.block_size
+        grow_meta = {m: max(n, 2 * t.numel()) for m, t in self.meta.items() if t.numel() < n}
+        per_row = self.dim * self.dtype.itemsize + 4 * sum(self.state_widths.values())
+        state_missing = {name: len(self.blocks) + blocks_needed - len(self.state_blocks.get(name, []))
+                         for name in self.state_widths}
+        nbytes = (blocks_needed * self.block_size * per_row + 8 * sum(grow_meta.values())
+                  + sum(k * self.block_size * 4 * self.state_widths[s] for s, k in state_missing.items()))
+        for s in self.state_widths:
+            self.state_blocks.setdefault(s, [])
+        if not nbytes:
+            return
+        check_fits(self.name, f"rows (up to row {rows})", nbytes, self.device)
+
+        def make():
+            new = [self._new_block(self.dim, self.trainable_blocks, self.dtype) for _ in range(blocks_needed)]
+            state = {s: [self._new_block(self.state_widths[s], False, torch.float32) for _ in range(k)]
+                     for s, k in state_missing.items()}
+            meta = {m: torch.zeros(size, dtype=torch.long, device=self.device) for m, size in grow_meta.items()}
+            return new, state, meta
+
+        new, state, meta = allocate(self.name, f"rows (up to row {rows})", nbytes, make)
+        self.blocks.extend(new)
+        for s, extra in state.items():
+            self.state_blocks.setdefault(s, []).extend(extra)
+        for m, grown in meta.items():
+            # at least double: a table growing block by block copies its metadata
+            # O(rows) times in all, not once per block (the kernels read it by row)
+            grown[: self.meta[m].numel()] = self.meta[m]
+            self.meta[m] = grown
+        if new:
             logger.debug("table '%s': %d row blocks (%d rows allocated)", self.name, len(self.blocks),
                          len(self.blocks) * self.block_size)
-        for name, width in self.state_widths.items():
-            blocks = self.state_blocks.setdefault(name, [])
-            while len(blocks) < len(self.blocks):
-                blocks.append(self._new_block(width, False, torch.float32))
-        n = len(self.blocks) * self.block_size
-        for m, t in self.meta.items():
-            if t.numel() < n:
-                # at least double: a table growing block by block copies its metadata
-                # O(rows) times in all, not once per block (the kernels read it by row)
-                grown = torch.zeros(max(n, 2 * t.numel()), dtype=torch.long, device=self.device)
-                grown[: t.numel()] = t
-                self.meta[m] = grown
 
     @_locked
     def set_optimizer_state(self, widths: Dict[str, int]) -> None:

@@ -21,6 +21,8 @@ from typing import Optional
 
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
+from torchrec_ext.modules.config_checks import check_fields
+
 MODES = {"element": 0, "block": 1}
 
 
@@ -58,6 +60,10 @@ class HashedEmbeddingBagConfig(EmbeddingBagConfig):
 
     def __post_init__(self) -> None:
         name = self.name or "<unnamed>"
+        check_fields(self, f"hashed table '{name}'", {
+            "compression": float, "buffer_size": ("optional", int), "mode": str,
+            "chunk_size": int, "block_align": int, "seed": int, "signed": bool,
+            "row_regions": int})
         if self.num_embeddings <= 0 or self.embedding_dim <= 0:
             raise ValueError(f"hashed table '{name}': num_embeddings and embedding_dim must be positive")
         if self.mode not in MODES:
@@ -70,6 +76,8 @@ class HashedEmbeddingBagConfig(EmbeddingBagConfig):
             raise ValueError(f"hashed table '{name}': buffer_size must be positive, got {self.buffer_size}")
         if self.row_regions <= 0:
             raise ValueError(f"hashed table '{name}': row_regions must be positive")
+        if self.chunk_size < 0:
+            raise ValueError(f"hashed table '{name}': chunk_size must be >= 0 (0 picks the default)")
         if self.mode == "block" and self.chunk_size and self.embedding_dim % self.chunk_size:
             raise ValueError(
                 f"hashed table '{name}': chunk_size {self.chunk_size} must divide "

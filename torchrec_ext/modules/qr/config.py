@@ -23,6 +23,7 @@ from typing import List, Optional
 import torch
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
+from torchrec_ext.modules.config_checks import check_fields
 from torchrec_ext.ops.qr import OPS
 
 PARTITIONS = ("qr", "generalized_qr", "crt")
@@ -69,6 +70,9 @@ class QREmbeddingBagConfig(EmbeddingBagConfig):
     seed: Optional[int] = None
 
     def __post_init__(self) -> None:
+        check_fields(self, f"QR table '{self.name or '<unnamed>'}'", {
+            "partition": str, "num_collisions": int, "factors": ("list", int), "operation": str,
+            "partition_dims": ("optional", ("list", int)), "seed": ("optional", int)})
         self.partitions()  # validates
 
     def _fail(self, msg: str) -> None:
