@@ -34,7 +34,7 @@ def test_doc_snippets_run(path):
 @pytest.mark.parametrize("module", ["torchrec_ext.modules.table_kind", "torchrec_ext.modules.dynamic.collection",
                                     "torchrec_ext.modules.hashed.collection", "torchrec_ext.modules.qr.collection",
                                     "torchrec_ext.modules.qr.config", "torchrec_ext.modules.dynamic.hash_table",
-                                    "torchrec_ext.sharding.planner"])
+                                    "torchrec_ext.sharding.planner", "torchrec_ext.modules.nn_bags"])
 def test_docstring_examples(module):
     import importlib
 

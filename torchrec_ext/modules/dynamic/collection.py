@@ -169,10 +169,14 @@ class DynamicEmbeddingBagCollection(ExtEmbeddingBagCollection):
 
     def forward(self, features):
         out = super().forward(features)
+        self.count_step()
+        return out
+
+    def count_step(self) -> None:
+        """Ends a training step (the tables' clock for eviction and admission); no-op in eval."""
         if self.training:
             for h in self._tables:
                 h.steps += 1
-        return out
 
     def _pool_table(self, index, values, offsets, weights):
         config = self._embedding_bag_configs[index]
