@@ -69,6 +69,8 @@ class ShardedExtEmbeddingBagCollection(ShardedEmbeddingBagCollection):
         # SUM feature once any row-wise table pools by MEAN, so table-wise and column-wise
         # tables of the same collection (already pooled in their kernel) would be divided
         # too. Mark them as needing no division.
+        # the features, in table order, that input_dist hands TorchRec
+        self._input_order = list(dict.fromkeys(f for cfg in self._embedding_bag_configs for f in cfg.feature_names))
         row_wise = (ShardingType.ROW_WISE.value, ShardingType.TABLE_ROW_WISE.value)
         for cfg in self._embedding_bag_configs:
             if table_name_to_parameter_sharding[cfg.name].sharding_type not in row_wise:
@@ -231,10 +233,9 @@ class ShardedExtEmbeddingBagCollection(ShardedEmbeddingBagCollection):
         # TorchRec builds its input distribution once, from the first batch's keys, and
         # then assumes every batch has them in that order (another order would silently
         # route ids to the wrong tables): hand it always the same keys, in table order.
-        read = list(dict.fromkeys(f for cfg in self._embedding_bag_configs for f in cfg.feature_names))
-        if features.keys() != read:
+        if features.keys() != self._input_order:
             keys = features.keys()
-            features = features.permute([keys.index(f) for f in read])
+            features = features.permute([keys.index(f) for f in self._input_order])
         return super().input_dist(ctx, features)
 
 

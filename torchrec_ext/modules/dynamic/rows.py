@@ -170,16 +170,17 @@ class DynamicRows:
         blocks_needed = max(0, -(-rows // self.block_size) - len(self.blocks))
         n = (len(self.blocks) + blocks_needed) * self.block_size
         grow_meta = {m: max(n, 2 * t.numel()) for m, t in self.meta.items() if t.numel() < n}
-        per_row = self.dim * self.dtype.itemsize + 4 * sum(self.state_widths.values())
+        # optimizer state (fp32) for the new blocks and for any the old ones lack
         state_missing = {name: len(self.blocks) + blocks_needed - len(self.state_blocks.get(name, []))
                          for name in self.state_widths}
-        nbytes = (blocks_needed * self.block_size * per_row + 8 * sum(grow_meta.values())
+        nbytes = (blocks_needed * self.block_size * self.dim * self.dtype.itemsize + 8 * sum(grow_meta.values())
                   + sum(k * self.block_size * 4 * self.state_widths[s] for s, k in state_missing.items()))
         for s in self.state_widths:
             self.state_blocks.setdefault(s, [])
         if not nbytes:
             return
-        check_fits(self.name, f"rows (up to row {rows})", nbytes, self.device)
+        what = f"rows (up to row {rows})"
+        check_fits(self.name, what, nbytes, self.device)
 
         def make():
             new = [self._new_block(self.dim, self.trainable_blocks, self.dtype) for _ in range(blocks_needed)]
@@ -188,7 +189,7 @@ class DynamicRows:
             meta = {m: torch.zeros(size, dtype=torch.long, device=self.device) for m, size in grow_meta.items()}
             return new, state, meta
 
-        new, state, meta = allocate(self.name, f"rows (up to row {rows})", nbytes, make)
+        new, state, meta = allocate(self.name, what, nbytes, make)
         self.blocks.extend(new)
         for s, extra in state.items():
             self.state_blocks.setdefault(s, []).extend(extra)
