@@ -1,6 +1,6 @@
 """torchrec_ext.nn's modules against torch's own nn.functional.embedding_bag over the same
 virtual weights (hashed_reference / qr_reference materialise them differentiably, so the
-buffer's gradients are compared too), for sum and mean, 1-D input with offsets (with and
+buffer's gradients are compared too), for sum, mean and max, 1-D input with offsets (with and
 without the last offset), 2-D input, per-sample weights and empty bags; and the dynamic
 module against a dict of its rows."""
 
@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_ext.modules.dynamic_rows import KeyedRows
+from torchrec_ext.modules.nn_bags import max_bags
 from torchrec_ext.nn import (
     DynamicEmbedding,
     DynamicEmbeddingBag,
@@ -45,11 +46,11 @@ INPUTS = {
 
 
 @pytest.mark.parametrize("make", [hashed, qr], ids=["hashed", "qr"])
-@pytest.mark.parametrize("mode", ["sum", "mean"])
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
 @pytest.mark.parametrize("case", list(INPUTS))
 @pytest.mark.parametrize("weighted", [False, True])
 def test_equals_functional_embedding_bag_on_the_virtual_weights(make, mode, case, weighted):
-    if weighted and mode == "mean":
+    if weighted and mode != "sum":
         pytest.skip("per-sample weights need sum pooling (as nn.EmbeddingBag)")
     ids, offsets, last = INPUTS[case]
     bag, virtual = make(mode, include_last_offset=last)
@@ -109,8 +110,8 @@ def test_bad_input_raises_naming_the_table(call, message):
 
 
 def test_unsupported_modes_raise_naming_the_table():
-    with pytest.raises(ValueError, match="table 'q': mode 'max' is not supported"):
-        QREmbeddingBag(N, D, num_collisions=10, mode="max", name="q")
+    with pytest.raises(ValueError, match="table 'q': mode 'min' is not supported"):
+        QREmbeddingBag(N, D, num_collisions=10, mode="min", name="q")
     with pytest.raises(ValueError, match="per_sample_weights need mode 'sum'"):
         QREmbeddingBag(N, D, num_collisions=10)(torch.tensor([1]), torch.tensor([0]), torch.tensor([1.0]))
 
@@ -144,3 +145,19 @@ def test_dynamic_embedding_gives_each_id_its_row():
     torch.testing.assert_close(out, torch.stack([rows[5], rows[-(2**62)], rows[5]]))
     with pytest.raises(ValueError, match="table 'dynamic': input must be an int32 or int64 tensor"):
         emb(torch.tensor([1.5]))
+
+
+def test_max_gives_the_gradient_to_the_first_of_equal_elements():
+    """Ties within a bag (the same id twice, or two ids sharing a buffer element) send
+    the whole gradient to the first, as nn.EmbeddingBag's max does."""
+    bag = DynamicEmbeddingBag(2, mode="max", block_size=4)
+    out = bag(torch.tensor([[7, 7, 9]]))
+    rows = {int(k): v for e in bag.collection.state_dict().values() if isinstance(e, KeyedRows)
+            for k, v in zip(e.keys, e.values)}
+    torch.testing.assert_close(out[0], torch.maximum(rows[7], rows[9]))
+    rows_t = torch.stack([rows[7], rows[7], rows[9]]).requires_grad_()
+    max_bags(rows_t, torch.tensor([0, 3])).sum().backward()
+    winner = torch.where(rows[7] >= rows[9], 0, 2)
+    expect = torch.zeros(3, 2)
+    expect[winner, torch.arange(2)] = 1.0
+    assert torch.equal(rows_t.grad, expect)

@@ -4,7 +4,9 @@ seeds' module APIs).
 `HashedEmbeddingBag`, `QREmbeddingBag` and `DynamicEmbeddingBag` take what
 `torch.nn.EmbeddingBag.forward` takes: a 1-D input with offsets (bag starts, or with
 `include_last_offset` also the end), or a 2-D [bags, length] input without, and optional
-per-sample weights (SUM only, as nn.EmbeddingBag). Empty bags give zeros. Each holds a
+per-sample weights (SUM only, as nn.EmbeddingBag), and pool by sum, mean or max. Empty
+bags give zeros. Max looks each id up through the kernels as a bag of one and takes the
+bags' maxima in torch (`max_bags`); the kernels have no max pooling of their own. Each holds a
 one-table collection of its kind and pools through the same kernels and checks (bad
 input raises a ValueError naming the table), so a module and a collection with the same
 config compute the same function; `.collection` is that collection.
@@ -26,13 +28,33 @@ from torchrec_ext.modules.dynamic import DynamicEmbeddingBagCollection, DynamicE
 from torchrec_ext.modules.hashed import HashedEmbeddingBagCollection, HashedEmbeddingBagConfig
 from torchrec_ext.modules.qr import QREmbeddingBagCollection, QREmbeddingBagConfig
 
-POOLINGS = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
+# "max": the table looks each id up as a bag of one (SUM), and the bags' maxima are taken here.
+POOLINGS = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN, "max": PoolingType.SUM}
 
 
 def pooling_of(name: str, mode: str) -> PoolingType:
     if mode not in POOLINGS:
-        raise ValueError(f"table '{name}': mode {mode!r} is not supported (sum or mean)")
+        raise ValueError(f"table '{name}': mode {mode!r} is not supported (sum, mean or max)")
     return POOLINGS[mode]
+
+
+def max_bags(rows: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Per bag and column, the largest of the bag's rows ([ids, dim] -> [bags, dim]); the
+    gradient goes to that one element, the first of equal ones (as nn.EmbeddingBag's max
+    on CPU). Empty bags give zeros."""
+    n, dim = rows.shape
+    bags = offsets.numel() - 1
+    lengths = offsets[1:] - offsets[:-1]
+    bag_of = torch.repeat_interleave(torch.arange(bags, device=rows.device), lengths)[:, None].expand(n, dim)
+    values = rows.detach()
+    best = values.new_full((bags, dim), -float("inf")).scatter_reduce(0, bag_of, values, "amax")
+    position = torch.arange(n, device=rows.device)[:, None].expand(n, dim)
+    first = torch.full((bags, dim), n, device=rows.device).scatter_reduce(
+        0, bag_of, torch.where(values == best.gather(0, bag_of), position, n), "amin")
+    if n == 0:
+        return rows.new_zeros(bags, dim)
+    out = rows.gather(0, first.clamp(max=n - 1))
+    return out.masked_fill((lengths == 0)[:, None], 0.0)
 
 
 class _OneTableBag(nn.Module):
@@ -51,6 +73,9 @@ class _OneTableBag(nn.Module):
     def forward(self, input: torch.Tensor, offsets: Optional[torch.Tensor] = None,
                 per_sample_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
         ids, offsets, psw = self._bags(input, offsets, per_sample_weights)
+        if self.mode == "max":
+            each = torch.arange(ids.numel() + 1, device=ids.device)
+            return max_bags(self.collection._pool_table(0, ids, each, None), offsets)
         return self.collection._pool_table(0, ids, offsets, psw)
 
     def _bags(self, input, offsets, psw):
@@ -104,7 +129,7 @@ class HashedEmbeddingBag(_OneTableBag):
     Args:
         num_embeddings, embedding_dim: the virtual table's shape.
         compression: buffer size / (num_embeddings x embedding_dim).
-        mode: "sum" or "mean" pooling.
+        mode: "sum", "mean" or "max" pooling.
         include_last_offset: offsets end with the number of ids (as nn.EmbeddingBag).
         hash_mode: "block" (ROBE-Z, default) or "element" (HashedNets).
         name: the table's name in errors and in `.collection`.
@@ -138,7 +163,7 @@ class QREmbeddingBag(_OneTableBag):
         num_categories, embedding_dim: the virtual table's shape.
         num_collisions: m of the quotient-remainder partition (ids per quotient row).
         operation: "mult" (default), "add" or "concat".
-        mode: "mean" (DLRM's default) or "sum".
+        mode: "mean" (DLRM's default), "sum" or "max".
         include_last_offset: offsets end with the number of ids.
         name: the table's name in errors and in `.collection`.
         **config: any other `QREmbeddingBagConfig` field (partition, factors, seed, ...).
@@ -170,7 +195,7 @@ class DynamicEmbeddingBag(_OneTableBag):
 
     Args:
         embedding_dim: the rows' width.
-        mode: "sum" or "mean".
+        mode: "sum", "mean" or "max".
         include_last_offset: offsets end with the number of ids.
         num_embeddings: the expected number of rows (a hint, as in the config).
         name: the table's name in errors and in `.collection`.
