@@ -39,7 +39,7 @@ def check_ids(table: str, values: torch.Tensor, low: Optional[int], high: Option
     """Raises a ValueError naming `table` unless values are integer ids in [low, high)."""
     if values.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"table '{table}': ids must be int32 or int64, got {values.dtype}")
-    if values.numel() == 0 or values.device.type == "meta" or (low is None and high is None):
+    if not _has_data(values) or values.numel() == 0 or (low is None and high is None):
         return
     lo, hi = torch.aminmax(values)
     lo, hi = int(lo), int(hi)
@@ -90,7 +90,7 @@ def check_kjt(label: str, features: KeyedJaggedTensor, tables: Sequence[Embeddin
             raise ValueError(f"{label}: {what} are on {t.device}, the tables on {device}")
     if weighted and w is None:
         raise ValueError(f"{label}: the collection is weighted but the input has no weights")
-    if values.device.type == "meta" or lengths.device.type == "meta":
+    if not (_has_data(values) and _has_data(lengths)):
         return
     if lengths.numel() != len(keys) * features.stride():
         raise ValueError(f"{label}: {lengths.numel()} lengths for {len(keys)} features of "
@@ -130,6 +130,12 @@ def weights_as_read(features: KeyedJaggedTensor, weighted: bool) -> KeyedJaggedT
         return features
     return KeyedJaggedTensor(keys=features.keys(), values=features.values(), lengths=features.lengths(),
                              weights=w.float() if weighted else None, stride=features.stride())
+
+
+def _has_data(t: torch.Tensor) -> bool:
+    """Whether the checks can read t's values: not on meta, and not while torch.compile or
+    torch.export traces (the native ops' own checks still guard the traced program)."""
+    return t.device.type != "meta" and not torch.compiler.is_compiling()
 
 
 def _of_table(table_of: dict, key: str) -> str:
