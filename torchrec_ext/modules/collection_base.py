@@ -39,7 +39,7 @@ def check_ids(table: str, values: torch.Tensor, low: Optional[int], high: Option
     """Raises a ValueError naming `table` unless values are integer ids in [low, high)."""
     if values.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"table '{table}': ids must be int32 or int64, got {values.dtype}")
-    if not _has_data(values) or values.numel() == 0 or (low is None and high is None):
+    if not reads_values(values) or values.numel() == 0 or (low is None and high is None):
         return
     lo, hi = torch.aminmax(values)
     lo, hi = int(lo), int(hi)
@@ -90,7 +90,7 @@ def check_kjt(label: str, features: KeyedJaggedTensor, tables: Sequence[Embeddin
             raise ValueError(f"{label}: {what} are on {t.device}, the tables on {device}")
     if weighted and w is None:
         raise ValueError(f"{label}: the collection is weighted but the input has no weights")
-    if not (_has_data(values) and _has_data(lengths)):
+    if not (reads_values(values) and reads_values(lengths)):
         return
     if lengths.numel() != len(keys) * features.stride():
         raise ValueError(f"{label}: {lengths.numel()} lengths for {len(keys)} features of "
@@ -113,7 +113,7 @@ def check_kjt(label: str, features: KeyedJaggedTensor, tables: Sequence[Embeddin
                          f"got {w.dtype} of shape {tuple(w.shape)}")
     if w.numel() != values.numel():
         raise ValueError(f"{label}: {w.numel()} weights for {values.numel()} ids")
-    if w.device.type != "meta" and w.numel() and not bool(torch.isfinite(w).all()):
+    if reads_values(w) and w.numel() and not bool(torch.isfinite(w).all()):
         ends = torch.cumsum(per_key.sum(dim=1), 0).tolist()
         first = int((~torch.isfinite(w)).nonzero()[0])
         key = next(k for k, e in zip(keys, ends) if first < e)
@@ -132,7 +132,7 @@ def weights_as_read(features: KeyedJaggedTensor, weighted: bool) -> KeyedJaggedT
                              weights=w.float() if weighted else None, stride=features.stride())
 
 
-def _has_data(t: torch.Tensor) -> bool:
+def reads_values(t: torch.Tensor) -> bool:
     """Whether the checks can read t's values: not on meta, and not while torch.compile or
     torch.export traces (the native ops' own checks still guard the traced program)."""
     return t.device.type != "meta" and not torch.compiler.is_compiling()

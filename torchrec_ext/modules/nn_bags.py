@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 
-from torchrec_ext.modules.collection_base import ExtEmbeddingBagCollection
+from torchrec_ext.modules.collection_base import ExtEmbeddingBagCollection, reads_values
 from torchrec_ext.modules.dynamic import DynamicEmbeddingBagCollection, DynamicEmbeddingBagConfig
 from torchrec_ext.modules.hashed import HashedEmbeddingBagCollection, HashedEmbeddingBagConfig
 from torchrec_ext.modules.qr import QREmbeddingBagCollection, QREmbeddingBagConfig
@@ -88,9 +88,7 @@ class _OneTableBag(nn.Module):
                 raise ValueError(f"table '{name}': offsets must be None for a 2-D input (bags of fixed length)")
             bags, length = input.shape
             ids = input.reshape(-1)
-            offsets = torch.arange(0, bags * length + 1, max(length, 1), device=input.device)[: bags + 1]
-            if length == 0:
-                offsets = torch.zeros(bags + 1, dtype=torch.long, device=input.device)
+            offsets = torch.arange(bags + 1, device=input.device) * length
             if psw is not None:
                 if psw.shape != input.shape:
                     raise ValueError(f"table '{name}': per_sample_weights must have the input's shape "
@@ -102,7 +100,7 @@ class _OneTableBag(nn.Module):
             ids, offsets = input, offsets.long()
             if not self.include_last_offset:
                 offsets = torch.cat([offsets, offsets.new_tensor([ids.numel()])])
-            if offsets.numel() == 0 or (offsets.device.type != "meta" and (
+            if offsets.numel() == 0 or (reads_values(offsets) and (
                     int(offsets[0]) != 0 or int(offsets[-1]) != ids.numel()
                     or bool((offsets[1:] < offsets[:-1]).any()))):
                 raise ValueError(f"table '{name}': offsets must start at 0, not decrease, and "
@@ -118,7 +116,7 @@ class _OneTableBag(nn.Module):
                 raise ValueError(f"table '{name}': per_sample_weights need mode 'sum' (as nn.EmbeddingBag)")
             if not psw.is_floating_point():
                 raise ValueError(f"table '{name}': per_sample_weights must be floating point, got {psw.dtype}")
-            if psw.device.type != "meta" and psw.numel() and not bool(torch.isfinite(psw).all()):
+            if reads_values(psw) and psw.numel() and not bool(torch.isfinite(psw).all()):
                 raise ValueError(f"table '{name}': per_sample_weights hold NaN or inf")
         return ids, offsets, psw
 
