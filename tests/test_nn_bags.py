@@ -36,6 +36,12 @@ def qr(mode, **kw):
     return bag, lambda: qr_reference.composed(bag.config, list(bag.weights), list(range(N)))
 
 
+def rows_of(module):
+    """A dynamic module's rows by key, from its state dict."""
+    entries = [v for v in module.collection.state_dict().values() if isinstance(v, KeyedRows)]
+    return {int(k): v for e in entries for k, v in zip(e.keys, e.values)}
+
+
 INPUTS = {
     # name: (input, offsets as nn.EmbeddingBag takes them, include_last_offset)
     "1d": (torch.tensor([3, 299, 3, 0, 17, 250, 4]), torch.tensor([0, 2, 2, 5]), False),  # bag 1 empty
@@ -80,8 +86,7 @@ def test_dynamic_bag_rows_appear_on_first_sight_and_pool_like_a_dict():
     ids = torch.tensor([10**15, -3, 10**15, 7])
     out = bag(ids, torch.tensor([0, 3, 3]))
     assert len(bag) == 3
-    state = [v for v in bag.collection.state_dict().values() if isinstance(v, KeyedRows)]
-    rows = {int(k): v for e in state for k, v in zip(e.keys, e.values)}
+    rows = rows_of(bag)
     torch.testing.assert_close(out[0], (2 * rows[10**15] + rows[-3]) / 3)
     torch.testing.assert_close(out[1], torch.zeros(4))  # the empty bag
     bag.eval()
@@ -140,8 +145,7 @@ def test_dynamic_embedding_gives_each_id_its_row():
     emb = DynamicEmbedding(4, block_size=8)
     ids = torch.tensor([5, -(2**62), 5])
     out = emb(ids)
-    state = [v for v in emb.collection.state_dict().values() if isinstance(v, KeyedRows)]
-    rows = {int(k): v for e in state for k, v in zip(e.keys, e.values)}
+    rows = rows_of(emb)
     torch.testing.assert_close(out, torch.stack([rows[5], rows[-(2**62)], rows[5]]))
     with pytest.raises(ValueError, match="table 'dynamic': input must be an int32 or int64 tensor"):
         emb(torch.tensor([1.5]))
@@ -152,8 +156,7 @@ def test_max_gives_the_gradient_to_the_first_of_equal_elements():
     the whole gradient to the first, as nn.EmbeddingBag's max does."""
     bag = DynamicEmbeddingBag(2, mode="max", block_size=4)
     out = bag(torch.tensor([[7, 7, 9]]))
-    rows = {int(k): v for e in bag.collection.state_dict().values() if isinstance(e, KeyedRows)
-            for k, v in zip(e.keys, e.values)}
+    rows = rows_of(bag)
     torch.testing.assert_close(out[0], torch.maximum(rows[7], rows[9]))
     rows_t = torch.stack([rows[7], rows[7], rows[9]]).requires_grad_()
     max_bags(rows_t, torch.tensor([0, 3])).sum().backward()
